@@ -1,0 +1,62 @@
+"""Policies by name. The config's `controller.name` picks one; tests run the contract over all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cotrain.config import (
+    ControllerConfig,
+    KnobChangesConfig,
+    ScheduleControllerConfig,
+    StaticControllerConfig,
+)
+from cotrain.control import Action, InferenceChange, TrainingChange
+from cotrain.controllers.base import Policy
+from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
+from cotrain.controllers.static import StaticPolicy
+
+
+def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
+    inference = None
+    if changes.inference is not None:
+        i = changes.inference
+        inference = InferenceChange(
+            max_batch_size=i.max_batch_size,
+            max_queue_delay_ms=i.max_queue_delay_ms,
+            threads=i.threads,
+            cpus=tuple(i.cpus) if i.cpus is not None else None,
+        )
+    training = {
+        job: TrainingChange(
+            threads=t.threads,
+            cpus=tuple(t.cpus) if t.cpus is not None else None,
+            num_workers=t.num_workers,
+            paused=t.paused,
+        )
+        for job, t in changes.training.items()
+    }
+    return Action(inference=inference, training=training, reason=reason)
+
+
+def _static(config: ControllerConfig) -> Policy:
+    return StaticPolicy()
+
+
+def _schedule(config: ControllerConfig) -> Policy:
+    assert isinstance(config, ScheduleControllerConfig)
+    return SchedulePolicy([ScheduledAction(s.at_s, action_from_config(s.set)) for s in config.steps])
+
+
+_REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig], Policy]]] = {
+    StaticControllerConfig: ("static", _static),
+    ScheduleControllerConfig: ("schedule", _schedule),
+}
+
+
+def registered_policies() -> list[str]:
+    return sorted(name for name, _ in _REGISTRY.values())
+
+
+def build_policy(config: ControllerConfig) -> Policy:
+    _, factory = _REGISTRY[type(config)]
+    return factory(config)

@@ -1,0 +1,317 @@
+"""Typed, validated experiment configuration.
+
+An experiment YAML is parsed into these pydantic models before anything starts. The models are
+strict (no silent coercion of "8" into 8), forbid unknown keys, and carry their ranges, so a bad
+file fails with the field path rather than deep inside a worker process. `load_config` adds the
+file and line of each offending field (see `yaml_source.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cotrain.yaml_source import YamlDocument, load_yaml_document
+
+JOB_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+class SyntheticDatasetConfig(StrictModel):
+    """Seeded class-conditional images: learnable, deterministic, needs no files."""
+
+    kind: Literal["synthetic"]
+    num_samples: int = Field(512, ge=1, le=1_000_000)
+    num_classes: int = Field(10, ge=2, le=1000)
+    image_size: int = Field(64, ge=8, le=1024)
+    seed: int = 0
+
+
+class ImageFolderDatasetConfig(StrictModel):
+    """A torchvision ImageFolder tree: one sub-directory of images per class."""
+
+    kind: Literal["imagefolder"]
+    root: str = Field(min_length=1)
+    image_size: int = Field(64, ge=8, le=1024)
+
+
+DatasetConfig = Annotated[SyntheticDatasetConfig | ImageFolderDatasetConfig, Field(discriminator="kind")]
+
+
+class ModelConfig(StrictModel):
+    """A torchvision classification model. Weights are never downloaded: random init or a local file."""
+
+    name: str = Field(min_length=1)
+    weights: str | None = Field(None, description="path to a local state_dict (.pt/.pth)")
+    num_classes: int | None = Field(None, ge=2, le=100_000, description="default: from the dataset")
+
+
+# --- placement ----------------------------------------------------------------------------------
+
+
+class PlacementMixin(StrictModel):
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="torch intra-op threads; default: fair share"
+    )
+    cpus: list[int] | None = Field(None, min_length=1, description="CPU affinity; default: unpinned")
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_unique(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if any(c < 0 for c in value):
+            raise ValueError("CPU ids must be >= 0")
+        if len(set(value)) != len(value):
+            raise ValueError("CPU ids must be unique")
+        return sorted(value)
+
+
+# --- inference ----------------------------------------------------------------------------------
+
+
+class ConstantArrivalsConfig(StrictModel):
+    process: Literal["constant"]
+    rate_per_s: float = Field(gt=0, le=100_000)
+
+
+class PoissonArrivalsConfig(StrictModel):
+    process: Literal["poisson"]
+    rate_per_s: float = Field(gt=0, le=100_000)
+    seed: int = 0
+
+
+ArrivalsConfig = Annotated[ConstantArrivalsConfig | PoissonArrivalsConfig, Field(discriminator="process")]
+
+
+class BatchingConfig(StrictModel):
+    """Triton-style dynamic batching.
+
+    A batch is dispatched at `max_batch_size` requests, or when the oldest has waited
+    `max_queue_delay_ms`.
+    """
+
+    max_batch_size: int = Field(8, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(10.0, ge=0, le=60_000)
+
+
+class InferenceConfig(PlacementMixin):
+    model: ModelConfig
+    dataset: DatasetConfig
+    arrivals: ArrivalsConfig
+    slo_ms: float = Field(gt=0, le=3_600_000)
+    batching: BatchingConfig = BatchingConfig()
+    queue_capacity: int = Field(1024, ge=1, le=1_000_000, description="requests beyond this are shed")
+    drain_timeout_s: float = Field(5.0, ge=0, le=600, description="time to serve queued requests at stop")
+    stats_period_s: float = Field(0.5, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _capacity_holds_a_batch(self) -> InferenceConfig:
+        if self.queue_capacity < self.batching.max_batch_size:
+            raise ValueError(
+                f"queue_capacity ({self.queue_capacity}) must be >= batching.max_batch_size "
+                f"({self.batching.max_batch_size})"
+            )
+        return self
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+class TrainingJobConfig(PlacementMixin):
+    name: str = Field(pattern=JOB_NAME_PATTERN)
+    model: ModelConfig
+    dataset: DatasetConfig
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(0.01, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
+    checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
+    paused: bool = Field(False, description="start paused")
+    stats_period_s: float = Field(0.5, gt=0, le=60)
+
+
+class WorkloadsConfig(StrictModel):
+    inference: InferenceConfig | None = None
+    training: list[TrainingJobConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> WorkloadsConfig:
+        if self.inference is None and not self.training:
+            raise ValueError("at least one workload (inference or training) is required")
+        names = [job.name for job in self.training]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"training job names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+# --- controller ---------------------------------------------------------------------------------
+
+
+class InferenceKnobsConfig(StrictModel):
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    max_queue_delay_ms: float | None = Field(None, ge=0, le=60_000)
+    threads: int | None = Field(None, ge=1, le=1024)
+    cpus: list[int] | None = Field(None, min_length=1)
+
+
+class TrainingKnobsConfig(StrictModel):
+    threads: int | None = Field(None, ge=1, le=1024)
+    cpus: list[int] | None = Field(None, min_length=1)
+    num_workers: int | None = Field(None, ge=0, le=64)
+    paused: bool | None = None
+
+
+class KnobChangesConfig(StrictModel):
+    inference: InferenceKnobsConfig | None = None
+    training: dict[str, TrainingKnobsConfig] = Field(default_factory=dict)
+
+
+class ScheduleStepConfig(StrictModel):
+    at_s: float = Field(ge=0, description="seconds after the run starts")
+    set: KnobChangesConfig
+
+
+class StaticControllerConfig(StrictModel):
+    """Keeps the knobs as configured."""
+
+    name: Literal["static"]
+    period_s: float = Field(1.0, gt=0, le=3600)
+
+
+class ScheduleControllerConfig(StrictModel):
+    """Applies scripted knob changes at fixed times: sweeps, demos and tests of live knobs."""
+
+    name: Literal["schedule"]
+    period_s: float = Field(0.25, gt=0, le=3600)
+    steps: list[ScheduleStepConfig] = Field(min_length=1)
+
+
+ControllerConfig = Annotated[StaticControllerConfig | ScheduleControllerConfig, Field(discriminator="name")]
+
+
+# --- platform and output ------------------------------------------------------------------------
+
+
+class PlatformConfig(StrictModel):
+    """Which device backend drives placement and telemetry. Only `host` exists so far."""
+
+    kind: Literal["host"] = "host"
+
+
+class OutputConfig(StrictModel):
+    dir: str | None = Field(None, description="run directory; default runs/<name>-<timestamp>")
+
+
+class ExperimentConfig(StrictModel):
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int = 0
+    duration_s: float = Field(gt=0, le=7 * 24 * 3600)
+    platform: PlatformConfig = PlatformConfig()
+    controller: ControllerConfig = StaticControllerConfig(name="static")
+    workloads: WorkloadsConfig
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _schedule_names_known_jobs(self) -> ExperimentConfig:
+        if isinstance(self.controller, ScheduleControllerConfig):
+            known = {job.name for job in self.workloads.training}
+            for step in self.controller.steps:
+                unknown = sorted(set(step.set.training) - known)
+                if unknown:
+                    raise ValueError(
+                        f"controller.steps: unknown training job(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(known)) or 'none'}"
+                    )
+                if step.set.inference is not None and self.workloads.inference is None:
+                    raise ValueError(
+                        "controller.steps: sets inference knobs but there is no inference workload"
+                    )
+        return self
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A config that cannot be run. `lines` are complete, user-facing messages, one per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _describe(err: dict[str, Any], doc: YamlDocument | None, source: str) -> str:
+    loc = tuple(err.get("loc", ()))
+    path, line = doc.locate(loc) if doc is not None else (".".join(str(p) for p in loc), None)
+    where = f"{source}:{line}" if line is not None else source
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required field is missing"
+    else:
+        message = str(err.get("msg", "invalid value"))
+        message = re.sub(r"^Value error, ", "", message)
+        if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+    return f"{where}: {path or '<top level>'}: {message}"
+
+
+def parse_config(data: Any, *, doc: YamlDocument | None = None, source: str = "<config>") -> ExperimentConfig:
+    """Validate already-loaded data. Raises ConfigError with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of keys to values"])
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(dict(e), doc, source) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read, override (`{"duration_s": 5}`, `{"output": {"dir": "x"}}`) and validate an experiment file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        doc = load_yaml_document(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {' '.join(str(exc).split())}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+    data = doc.data
+    if isinstance(data, dict) and overrides:
+        data = _merge(data, overrides)
+    return parse_config(data, doc=doc, source=source)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (defaults filled in), for the run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

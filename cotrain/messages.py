@@ -1,0 +1,107 @@
+"""Typed messages between the runtime and its workload processes.
+
+Dataclasses over a multiprocessing Pipe, dispatched by type (never dicts decoded in if-chains).
+Only small window aggregates travel to the runtime; per-request and per-step records go straight
+to files written by the process that owns them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# --- runtime -> worker ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Begin work; `t0_ns` is the run's time zero on the shared monotonic clock."""
+
+    t0_ns: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str = "run finished"
+
+
+@dataclass(frozen=True)
+class SetBatching:
+    max_batch_size: int
+    max_queue_delay_ms: float
+
+
+@dataclass(frozen=True)
+class SetThreads:
+    threads: int
+
+
+@dataclass(frozen=True)
+class SetNumWorkers:
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class SetPaused:
+    paused: bool
+
+
+Command = Start | Stop | SetBatching | SetThreads | SetNumWorkers | SetPaused
+
+
+# --- worker -> runtime ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A knob change took effect inside the worker at `at_ns` (its next safe boundary)."""
+
+    knob: str
+    value: object
+    at_ns: int
+
+
+@dataclass(frozen=True)
+class InferenceStats:
+    """One stats window of the inference service."""
+
+    window_end_ns: int
+    arrived: int
+    served: int
+    failed: int
+    shed: int
+    queue_depth: int
+    latencies_ms: list[float] = field(default_factory=list)  # of requests served in the window
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_exec_ms: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainingStats:
+    window_end_ns: int
+    steps: int
+    samples: int
+    total_steps: int
+    last_loss: float | None
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Finished:
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """The worker hit an error it cannot recover from; it exits after sending this."""
+
+    error: str
+    traceback: str = ""
+
+
+Report = Ready | Applied | InferenceStats | TrainingStats | Finished | WorkerFailed

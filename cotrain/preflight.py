@@ -1,0 +1,58 @@
+"""Checks that need the machine, run before anything starts.
+
+The config models check shape and ranges; these check the world: model names torchvision knows,
+local weight files, dataset directories, CPUs that exist here. Each problem is one line naming
+the field, and `cotrain run` exits 2 without starting a process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cotrain.config import DatasetConfig, ExperimentConfig, ImageFolderDatasetConfig, ModelConfig
+
+
+def _model_problems(path: str, model: ModelConfig, known: frozenset[str]) -> list[str]:
+    problems = []
+    if model.name not in known:
+        close = sorted(n for n in known if n.startswith(model.name[:4]))[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        problems.append(f"{path}.model.name: unknown torchvision classification model {model.name!r}{hint}")
+    if model.weights is not None and not Path(model.weights).is_file():
+        problems.append(f"{path}.model.weights: file {model.weights!r} does not exist")
+    return problems
+
+
+def _dataset_problems(path: str, dataset: DatasetConfig) -> list[str]:
+    if isinstance(dataset, ImageFolderDatasetConfig):
+        from cotrain.workloads.data import check_image_folder
+
+        reason = check_image_folder(Path(dataset.root))
+        if reason is not None:
+            return [f"{path}.dataset.root: {reason}"]
+    return []
+
+
+def _cpu_problems(path: str, cpus: list[int] | None, available: tuple[int, ...]) -> list[str]:
+    if cpus is not None and not set(cpus) <= set(available):
+        missing = sorted(set(cpus) - set(available))
+        return [f"{path}.cpus: CPU(s) {missing} not available here (available: {list(available)})"]
+    return []
+
+
+def preflight(config: ExperimentConfig, available_cpus: tuple[int, ...]) -> list[str]:
+    from cotrain.workloads.models import classification_model_names
+
+    known = classification_model_names()
+    problems: list[str] = []
+    inference = config.workloads.inference
+    if inference is not None:
+        problems += _model_problems("workloads.inference", inference.model, known)
+        problems += _dataset_problems("workloads.inference", inference.dataset)
+        problems += _cpu_problems("workloads.inference", inference.cpus, available_cpus)
+    for i, job in enumerate(config.workloads.training):
+        where = f"workloads.training[{i}]"
+        problems += _model_problems(where, job.model, known)
+        problems += _dataset_problems(where, job.dataset)
+        problems += _cpu_problems(where, job.cpus, available_cpus)
+    return problems

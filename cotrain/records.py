@@ -1,0 +1,128 @@
+"""Append-only record files and tolerant readers.
+
+Writers flush after every batch or step, so a crash loses at most the line being written.
+Readers skip a torn last line, so a crashed run can still be summarised and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REQUEST_COLUMNS = (
+    "request_id",
+    "arrival_s",
+    "start_s",
+    "end_s",
+    "latency_ms",
+    "batch_size",
+    "variant",
+    "outcome",
+    "reason",
+)
+
+TRAIN_COLUMNS = (
+    "step",
+    "t_s",
+    "samples",
+    "loss",
+    "step_ms",
+    "data_ms",
+    "batch_size",
+    "num_workers",
+    "threads",
+)
+
+
+class CsvAppender:
+    """A thread-safe CSV appender that writes its header once and flushes on demand."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = tuple(columns)
+        new = not path.exists() or path.stat().st_size == 0
+        self._file = path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        self._lock = threading.Lock()
+        if new:
+            self._writer.writerow(self.columns)
+            self._file.flush()
+
+    def write_rows(self, rows: Sequence[Sequence[object]]) -> None:
+        """Append rows and flush them to the OS in one go (one call per batch or step)."""
+        with self._lock:
+            self._writer.writerows(rows)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+
+
+class JsonlAppender:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.close()
+
+
+def fmt_s(ns: int | None) -> str:
+    """Monotonic ns -> seconds with µs resolution; empty when the stage was not reached."""
+    return "" if ns is None else f"{ns / 1e9:.6f}"
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a record CSV; a torn (incomplete) last line is dropped."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    columns = reader.fieldnames or []
+    return [row for row in reader if len(row) == len(columns) and None not in row.values()]
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file; unparsable (torn) lines are skipped."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

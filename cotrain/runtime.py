@@ -1,0 +1,445 @@
+"""The runtime: owns the run from spawn to summary, and the observe -> decide -> actuate loop.
+
+The base owns the loop; a controller only decides (after Flower's Strategy and Ray Serve's
+autoscaler). Every period the runtime folds the workers' stats into an Observation, asks the
+bounded policy for an Action, turns the Action into typed commands and placement calls, and
+writes what it applied to decisions.jsonl. Whatever happens (normal end, worker failure, SIGINT,
+SIGTERM, an exception) the `finally` path stops every worker, restores the platform and writes
+summary.json from the record files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from types import FrameType
+from typing import Any
+
+from cotrain.clock import NS_PER_S, Clock, MonotonicClock
+from cotrain.config import ExperimentConfig, dump_config
+from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs
+from cotrain.controllers.base import Policy
+from cotrain.controllers.registry import build_policy
+from cotrain.controllers.wrappers import Bounded, KnobBounds
+from cotrain.messages import (
+    Applied,
+    Finished,
+    InferenceStats,
+    Ready,
+    Report,
+    SetBatching,
+    SetNumWorkers,
+    SetPaused,
+    SetThreads,
+    Start,
+    TrainingStats,
+    WorkerFailed,
+)
+from cotrain.observe import build_observation
+from cotrain.platform.base import Platform
+from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
+from cotrain.rundir import RunDir
+from cotrain.summary import compute_summary
+from cotrain.supervisor import Supervisor
+
+INFERENCE = "inference"
+READY_TIMEOUT_S = 600.0
+TELEMETRY_COLUMNS = ("t_s", "cpu_util_percent", "memory_used_mb", "power_w", "temperature_c")
+
+
+def train_worker(job: str) -> str:
+    return f"train:{job}"
+
+
+class RunFailed(Exception):
+    pass
+
+
+def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
+    """Knobs at start: as configured, threads defaulting to a fair share of the cores.
+
+    Oversubscribed threads are the largest interference on a small CPU (../shared/ANCHORS.md:
+    2 threads each on 2 cores pushes inference p99 from ~290 ms to ~1200 ms), so the default
+    splits the cores evenly between the workload processes.
+    """
+    workloads = config.workloads
+    n_processes = (1 if workloads.inference else 0) + len(workloads.training)
+    share = max(1, cpu_count // max(1, n_processes))
+    inference = None
+    if workloads.inference is not None:
+        i = workloads.inference
+        inference = InferenceKnobs(
+            max_batch_size=i.batching.max_batch_size,
+            max_queue_delay_ms=i.batching.max_queue_delay_ms,
+            threads=i.threads or share,
+            cpus=tuple(i.cpus) if i.cpus else None,
+        )
+    training = {
+        job.name: TrainingKnobs(
+            threads=job.threads or share,
+            cpus=tuple(job.cpus) if job.cpus else None,
+            num_workers=job.num_workers,
+            paused=job.paused,
+        )
+        for job in workloads.training
+    }
+    return Knobs(inference=inference, training=training)
+
+
+def knob_bounds(config: ExperimentConfig, cpus: tuple[int, ...]) -> KnobBounds:
+    inference = config.workloads.inference
+    capacity = inference.queue_capacity if inference else 1
+    return KnobBounds(
+        max_batch_size=(1, capacity),
+        max_queue_delay_ms=(0.0, 60_000.0),
+        threads=(1, max(1, len(cpus))),
+        num_workers=(0, max(0, 2 * len(cpus))),
+        cpus=cpus,
+        jobs=frozenset(job.name for job in config.workloads.training),
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: RunDir,
+        platform: Platform,
+        *,
+        policy: Policy | None = None,
+        clock: Clock | None = None,
+        log: Any = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.platform = platform
+        self.clock = clock or MonotonicClock()
+        self.cpus = platform.cpu_ids()
+        self.knobs = initial_knobs(config, len(self.cpus))
+        self.policy = Bounded(policy or build_policy(config.controller), knob_bounds(config, self.cpus))
+        self.supervisor = Supervisor(
+            run_dir, env={"TORCHINDUCTOR_CACHE_DIR": str(run_dir.path / ".inductor-cache")}
+        )
+        self._log = log or (lambda message: None)
+        self._events: JsonlAppender | None = None
+        self._decisions: JsonlAppender | None = None
+        self._telemetry: CsvAppender | None = None
+        self._t0_ns: int | None = None
+        self._stop_reason: str | None = None
+        self._signals = 0
+        self._inference_stats: list[InferenceStats] = []
+        self._training_stats: dict[str, list[TrainingStats]] = {job: [] for job in self.knobs.training}
+        self._wake_r: Connection | None = None
+        self._wake_w: Connection | None = None
+        self.status = "completed"
+
+    # --- records -------------------------------------------------------------------------------
+
+    def event(self, name: str, **fields: Any) -> None:
+        now_ns = self.clock.now_ns()
+        record: dict[str, Any] = {
+            "event": name,
+            "t_mono_s": round(now_ns / NS_PER_S, 6),
+            "t_s": round((now_ns - self._t0_ns) / NS_PER_S, 6) if self._t0_ns is not None else None,
+            "wall": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        }
+        record.update(fields)
+        if self._events is not None:
+            self._events.write(record)
+
+    def _elapsed_s(self) -> float:
+        assert self._t0_ns is not None
+        return (self.clock.now_ns() - self._t0_ns) / NS_PER_S
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            raise KeyboardInterrupt  # second signal: stop waiting; `finally` still restores
+        self._stop_reason = signal.Signals(signum).name
+        if self._wake_w is not None:
+            self._wake_w.send_bytes(b"!")
+
+    @contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        import multiprocessing as mp
+
+        self._wake_r, self._wake_w = mp.Pipe(duplex=False)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._wake_r.close()
+            self._wake_w.close()
+            self._wake_r = self._wake_w = None
+
+    # --- reports from workers ------------------------------------------------------------------
+
+    def on_report(self, worker: str, report: Report) -> None:
+        if isinstance(report, InferenceStats):
+            self._inference_stats.append(report)
+        elif isinstance(report, TrainingStats):
+            self._training_stats[worker.removeprefix("train:")].append(report)
+        elif isinstance(report, Applied):
+            self.event(
+                "knob_applied",
+                worker=worker,
+                knob=report.knob,
+                value=report.value,
+                applied_mono_s=round(report.at_ns / NS_PER_S, 6),
+            )
+        elif isinstance(report, Ready):
+            self.event("worker_ready", worker=worker, pid=report.pid, detail=report.detail)
+        elif isinstance(report, Finished):
+            self.event("worker_finished", worker=worker, detail=report.detail)
+        elif isinstance(report, WorkerFailed):
+            self.event("worker_failed", worker=worker, error=report.error, traceback=report.traceback)
+
+    # --- actuation -----------------------------------------------------------------------------
+
+    def actuate(self, action: Action) -> None:
+        """Send each knob change to the process that owns it; placement goes through the platform."""
+        after = self.knobs.apply(action)
+        if action.inference is not None and after.inference is not None:
+            changes = action.inference.changes()
+            if "max_batch_size" in changes or "max_queue_delay_ms" in changes:
+                self.supervisor.send(
+                    INFERENCE, SetBatching(after.inference.max_batch_size, after.inference.max_queue_delay_ms)
+                )
+            if "threads" in changes:
+                self.supervisor.send(INFERENCE, SetThreads(after.inference.threads))
+            if "cpus" in changes:
+                self._place(INFERENCE, after.inference.cpus)
+        for job, change in action.training.items():
+            worker = train_worker(job)
+            changes = change.changes()
+            if "threads" in changes:
+                self.supervisor.send(worker, SetThreads(changes["threads"]))
+            if "num_workers" in changes:
+                self.supervisor.send(worker, SetNumWorkers(changes["num_workers"]))
+            if "paused" in changes:
+                self.supervisor.send(worker, SetPaused(changes["paused"]))
+            if "cpus" in changes:
+                self._place(worker, after.training[job].cpus)
+        self.knobs = after
+
+    def _place(self, worker: str, cpus: tuple[int, ...] | None) -> None:
+        pid = self.supervisor.workers[worker].pid
+        if pid is None:
+            return
+        self.platform.place(pid, cpus)
+        self.event("placed", worker=worker, pid=pid, cpus=list(cpus) if cpus else list(self.cpus))
+
+    def _tick(self, window_s: float, state: Any) -> Any:
+        sample = self.platform.telemetry()
+        now_s = self._elapsed_s()
+        if self._telemetry is not None:
+            self._telemetry.write_rows(
+                [
+                    (
+                        f"{now_s:.3f}",
+                        sample.cpu_util_percent,
+                        sample.memory_used_mb,
+                        sample.power_w,
+                        sample.temperature_c,
+                    )
+                ]
+            )
+        inference = self.config.workloads.inference
+        obs = build_observation(
+            time_s=now_s,
+            window_s=window_s,
+            knobs=self.knobs,
+            inference_stats=self._inference_stats if inference else None,
+            slo_ms=inference.slo_ms if inference else None,
+            training_stats=self._training_stats,
+            cpu_util_percent=sample.cpu_util_percent,
+            cpu_count=len(self.cpus),
+        )
+        self._inference_stats = []
+        self._training_stats = {job: [] for job in self._training_stats}
+        action, state = self.policy.decide(obs, state)
+        if not action.is_empty():
+            self.actuate(action)
+            self._decide_record(now_s, action)
+        return state
+
+    def _decide_record(self, t_s: float, action: Action) -> None:
+        if self._decisions is not None:
+            self._decisions.write(
+                {
+                    "t_s": round(t_s, 3),
+                    "policy": self.policy.name,
+                    "action": action.to_record(),
+                    "reason": action.reason,
+                    "knobs": _knobs_record(self.knobs),
+                }
+            )
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def _spawn_all(self) -> None:
+        from cotrain.workloads.inference.service import inference_process_main
+        from cotrain.workloads.training.trainer import training_process_main
+
+        config = self.config
+        if config.workloads.inference is not None and self.knobs.inference is not None:
+            self.supervisor.spawn(
+                INFERENCE,
+                inference_process_main,
+                (
+                    config.workloads.inference,
+                    str(self.run_dir.requests_csv),
+                    self.knobs.inference.threads,
+                    config.seed,
+                ),
+            )
+        for job in config.workloads.training:
+            self.supervisor.spawn(
+                train_worker(job.name),
+                training_process_main,
+                (
+                    job,
+                    str(self.run_dir.train_csv(job.name)),
+                    str(self.run_dir.checkpoints(job.name)),
+                    self.knobs.training[job.name].threads,
+                    config.seed,
+                ),
+            )
+        for handle in self.supervisor.workers.values():
+            self.event("worker_spawned", worker=handle.name, pid=handle.pid)
+
+    def _wait_ready(self) -> None:
+        pending = set(self.supervisor.workers)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while pending:
+            if self._stop_reason is not None:
+                raise RunFailed(f"stopped by {self._stop_reason} during start-up")
+            for worker, report in self.supervisor.poll(1.0, extra=[self._wake_r]):
+                self.on_report(worker, report)
+                if isinstance(report, Ready):
+                    pending.discard(worker)
+                    self._log(f"  {worker} ready (pid {report.pid}, {report.detail})")
+                elif isinstance(report, WorkerFailed):
+                    raise RunFailed(f"{worker} failed during start-up: {report.error}")
+            for handle in self.supervisor.died():
+                raise RunFailed(f"{handle.name} exited during start-up (exit code {handle.process.exitcode})")
+            if time.monotonic() > deadline:
+                raise RunFailed(
+                    f"workers not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(pending))}"
+                )
+
+    def _control_loop(self) -> None:
+        assert self._t0_ns is not None
+        period_ns = round(self.config.controller.period_s * NS_PER_S)
+        end_ns = self._t0_ns + round(self.config.duration_s * NS_PER_S)
+        next_tick_ns = self._t0_ns + period_ns
+        last_tick_ns = self._t0_ns
+        state = self.policy.initial_state()
+        while True:
+            now_ns = self.clock.now_ns()
+            if self._stop_reason is not None:
+                self.status = "interrupted"
+                return
+            if now_ns >= end_ns:
+                return
+            timeout_s = (min(next_tick_ns, end_ns) - now_ns) / NS_PER_S
+            for worker, report in self.supervisor.poll(timeout_s, extra=[self._wake_r]):
+                self.on_report(worker, report)
+            dead = self.supervisor.died()
+            if dead:
+                for handle in dead:
+                    self.event("worker_exited", worker=handle.name, exit_code=handle.process.exitcode)
+                names = ", ".join(h.name for h in dead)
+                self.status = "failed"
+                raise RunFailed(f"{names} exited unexpectedly (exit code {dead[0].process.exitcode})")
+            now_ns = self.clock.now_ns()
+            if now_ns >= next_tick_ns:
+                state = self._tick((now_ns - last_tick_ns) / NS_PER_S, state)
+                last_tick_ns = now_ns
+                next_tick_ns += period_ns * max(1, (now_ns - next_tick_ns) // period_ns + 1)
+
+    def run(self) -> dict[str, Any]:
+        """Run the experiment to its end (or a signal) and return summary.json's content."""
+        run_dir = self.run_dir
+        run_dir.config.write_text(dump_config(self.config), encoding="utf-8")
+        self._events = JsonlAppender(run_dir.events)
+        self._decisions = JsonlAppender(run_dir.decisions)
+        self._telemetry = CsvAppender(run_dir.telemetry_csv, TELEMETRY_COLUMNS)
+        error: BaseException | None = None
+        self.event(
+            "run_created", pid=os.getpid(), platform=self.platform.describe(), knobs=_knobs_record(self.knobs)
+        )
+        try:
+            with self._signal_handlers():
+                try:
+                    self._spawn_all()
+                    self._log(f"started {len(self.supervisor.workers)} workload process(es), loading models")
+                    self._wait_ready()
+                    self._apply_initial_placement()
+                    self._t0_ns = self.clock.now_ns()
+                    self.event("run_started", duration_s=self.config.duration_s)
+                    self._decide_record(0.0, Action(reason="initial knobs from config"))
+                    self.supervisor.broadcast(Start(self._t0_ns))
+                    self._log(f"running for {self.config.duration_s:g} s -> {run_dir.path}")
+                    self._control_loop()
+                except KeyboardInterrupt:
+                    self.status = "interrupted"
+                    self._stop_reason = self._stop_reason or "SIGINT"
+                except BaseException as exc:
+                    self.status = "failed"
+                    error = exc
+                finally:
+                    self._shutdown()
+        finally:
+            self.platform.restore()
+            self.event("platform_restored")
+            for appender in (self._events, self._decisions, self._telemetry):
+                if appender is not None:
+                    appender.close()
+            self.supervisor.close()
+        summary = compute_summary(run_dir.path)
+        write_json_atomic(run_dir.summary, summary)
+        if error is not None:
+            raise RunFailed(str(error)) from error
+        return summary
+
+    def _apply_initial_placement(self) -> None:
+        knobs = self.knobs
+        if knobs.inference is not None and knobs.inference.cpus is not None:
+            self._place(INFERENCE, knobs.inference.cpus)
+        for job, t in knobs.training.items():
+            if t.cpus is not None:
+                self._place(train_worker(job), t.cpus)
+
+    def _shutdown(self) -> None:
+        """Stop arrivals and training, wait for the drain, record the end of the run window."""
+        if self._t0_ns is not None:
+            status = self.status
+            if self._stop_reason is not None:
+                self.event("stop_requested", signal=self._stop_reason)
+            self.event("run_stopped", status=status)
+        inference = self.config.workloads.inference
+        timeout_s = (inference.drain_timeout_s if inference else 0.0) + 30.0
+        killed = self.supervisor.stop_all(timeout_s, self.on_report)
+        for worker in killed:
+            self.event("worker_killed", worker=worker, reason=f"did not stop within {timeout_s:.0f} s")
+        for handle in self.supervisor.workers.values():
+            self.event("worker_exited", worker=handle.name, exit_code=handle.process.exitcode)
+
+
+def _knobs_record(knobs: Knobs) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if knobs.inference is not None:
+        record["inference"] = asdict(knobs.inference)
+    record["training"] = {job: asdict(t) for job, t in knobs.training.items()}
+    return record

@@ -1,0 +1,168 @@
+"""summary.json, computed only from the record files.
+
+Because the summary is a pure function of requests.csv, train-<job>.csv, events.jsonl and
+config.yaml, `cotrain summary RUN_DIR` recomputes it for any run, finished or crashed, and the
+tests check that recomputation matches what the run wrote. Percentiles use numpy's default
+(linear interpolation), the definition most people recompute with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from cotrain.records import read_csv_rows, read_jsonl
+from cotrain.rundir import RunDir
+
+OUTCOMES = ("served", "failed", "shed")
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    arr = np.asarray(values, dtype=float)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(arr.max()), 3),
+        "mean": round(float(arr.mean()), 3),
+    }
+
+
+def run_window(run: RunDir) -> tuple[float | None, float | None, str]:
+    """(start_s, stop_s, status) from events.jsonl; stop falls back to the last event seen."""
+    start_s = stop_s = None
+    status = "incomplete"
+    last_s = None
+    for event in read_jsonl(run.events):
+        t = event.get("t_mono_s")
+        if isinstance(t, int | float):
+            last_s = float(t)
+        if event.get("event") == "run_started":
+            start_s = float(event["t_mono_s"])
+        elif event.get("event") == "run_stopped":
+            stop_s = float(event["t_mono_s"])
+            status = str(event.get("status", "completed"))
+    if stop_s is None:
+        stop_s = last_s
+    return start_s, stop_s, status
+
+
+def inference_summary(rows: list[dict[str, str]], slo_ms: float, duration_s: float | None) -> dict[str, Any]:
+    counts = dict.fromkeys(OUTCOMES, 0)
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    for row in rows:
+        outcome = row["outcome"]
+        if outcome in counts:
+            counts[outcome] += 1
+        if outcome == "served" and row["latency_ms"]:
+            latencies.append(float(row["latency_ms"]))
+            batch_sizes.append(int(row["batch_size"]))
+    arrived = len(rows)
+    within = sum(1 for v in latencies if v <= slo_ms)
+    return {
+        "slo_ms": slo_ms,
+        "latency_ms": _percentiles(latencies),
+        "slo_attainment": round(within / arrived, 6) if arrived else None,
+        "requests": {"arrived": arrived, **counts},
+        "throughput_per_s": round(counts["served"] / duration_s, 3) if duration_s else None,
+        "mean_batch_size": round(float(np.mean(batch_sizes)), 3) if batch_sizes else None,
+    }
+
+
+def training_summary(
+    rows: list[dict[str, str]], start_s: float | None, stop_s: float | None
+) -> dict[str, Any]:
+    """Throughput counts the steps that ended inside the run window, over the window's length."""
+    steps = len(rows)
+    in_window = [
+        r for r in rows if start_s is not None and stop_s is not None and start_s <= float(r["t_s"]) <= stop_s
+    ]
+    duration_s = (stop_s - start_s) if start_s is not None and stop_s is not None else None
+    samples_in_window = sum(int(r["samples"]) for r in in_window)
+    losses = [float(r["loss"]) for r in rows]
+    return {
+        "steps": steps,
+        "samples": sum(int(r["samples"]) for r in rows),
+        "samples_per_s": round(samples_in_window / duration_s, 3) if duration_s else 0.0,
+        "steps_per_s": round(len(in_window) / duration_s, 3) if duration_s else 0.0,
+        "first_loss": round(losses[0], 6) if losses else None,
+        "final_loss": round(losses[-1], 6) if losses else None,
+    }
+
+
+def compute_summary(path: str | Path) -> dict[str, Any]:
+    run = RunDir(path)
+    config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    start_s, stop_s, status = run_window(run)
+    duration_s = round(stop_s - start_s, 3) if start_s is not None and stop_s is not None else None
+    summary: dict[str, Any] = {
+        "run": {
+            "name": config.get("name"),
+            "status": status,
+            "duration_s": duration_s,
+            "controller": config.get("controller", {}).get("name"),
+            "platform": config.get("platform", {}).get("kind"),
+        }
+    }
+    workloads = config.get("workloads", {})
+    if workloads.get("inference"):
+        summary["inference"] = inference_summary(
+            read_csv_rows(run.requests_csv), float(workloads["inference"]["slo_ms"]), duration_s
+        )
+    summary["training"] = {
+        job["name"]: training_summary(read_csv_rows(run.train_csv(job["name"])), start_s, stop_s)
+        for job in workloads.get("training", [])
+    }
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def summary_table(summary: dict[str, Any]) -> Any:
+    """A rich Table of the headline figures."""
+    from rich.table import Table
+
+    run = summary["run"]
+    table = Table(title=f"cotrain run {run['name']} ({run['status']}, {run['duration_s']} s)")
+    table.add_column("workload")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    inf = summary.get("inference")
+    if inf:
+        lat = inf["latency_ms"]
+        req = inf["requests"]
+        table.add_row(
+            "inference",
+            "latency p50 / p95 / p99 / max (ms)",
+            " / ".join(_fmt(lat[k]) for k in ("p50", "p95", "p99", "max")),
+        )
+        att = inf["slo_attainment"]
+        table.add_row("", f"SLO attainment (≤ {inf['slo_ms']:g} ms)", "-" if att is None else f"{att:.1%}")
+        table.add_row(
+            "",
+            "arrived = served + failed + shed",
+            f"{req['arrived']} = {req['served']} + {req['failed']} + {req['shed']}",
+        )
+        table.add_row(
+            "", "mean batch size", "-" if inf["mean_batch_size"] is None else f"{inf['mean_batch_size']:.2f}"
+        )
+    for job, t in summary.get("training", {}).items():
+        table.add_row(
+            f"train:{job}", "samples/s (steps/s)", f"{t['samples_per_s']:.1f} ({t['steps_per_s']:.2f})"
+        )
+        table.add_row(
+            "",
+            "steps, loss first → last",
+            f"{t['steps']}, {t['first_loss'] if t['first_loss'] is not None else '-'} → "
+            f"{t['final_loss'] if t['final_loss'] is not None else '-'}",
+        )
+    return table

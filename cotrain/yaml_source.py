@@ -1,0 +1,78 @@
+"""YAML loading that remembers where each value came from.
+
+Validation errors are only useful if they point at the line to fix. We compose the YAML node
+tree (which carries line marks) next to the plain data and map a pydantic error location such as
+`('workloads', 'training', 0, 'dataset', 'synthetic', 'num_samples')` back to a dotted path and a
+line. Duplicate keys, which PyYAML silently resolves to the last value, are rejected here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    data: Any
+    root: yaml.Node | None
+
+    def locate(self, loc: Sequence[str | int]) -> tuple[str, int | None]:
+        """Map an error location to (dotted path, 1-based line).
+
+        Elements that do not name a key or index in the document (pydantic's union tags) are
+        skipped; a trailing element that is absent (a missing field) is kept in the path and the
+        line of its parent mapping is returned.
+        """
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        parts: list[str] = []
+        for i, element in enumerate(loc):
+            child = _child(node, element)
+            if child is not None:
+                node = child
+                line = child.start_mark.line + 1
+                parts.append(f"[{element}]" if isinstance(element, int) else str(element))
+            elif i == len(loc) - 1:
+                parts.append(f"[{element}]" if isinstance(element, int) else str(element))
+        return ".".join(parts).replace(".[", "["), line
+
+
+def _child(node: yaml.Node | None, element: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and isinstance(element, str):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == element:
+                return value  # type: ignore[no-any-return]
+        return None
+    if isinstance(node, yaml.SequenceNode) and isinstance(element, int) and 0 <= element < len(node.value):
+        return node.value[element]  # type: ignore[no-any-return]
+    return None
+
+
+def _check_duplicates(node: yaml.Node | None, path: str = "") -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    where = f"{path}.{key.value}" if path else key.value
+                    raise ValueError(
+                        f"line {line}: duplicate key {where!r} (first at line {seen[key.value]})"
+                    )
+                seen[key.value] = line
+                _check_duplicates(value, f"{path}.{key.value}" if path else key.value)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{path}[{i}]")
+
+
+def load_yaml_document(text: str) -> YamlDocument:
+    """Parse one YAML document safely. Raises yaml.YAMLError, or ValueError on duplicate keys."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    _check_duplicates(root)
+    data = yaml.safe_load(text)
+    return YamlDocument(data=data, root=root)

@@ -1,0 +1,1 @@
+"""The inference service: arrivals, bounded queue, dynamic batcher, executor and its process."""

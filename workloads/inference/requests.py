@@ -1,0 +1,85 @@
+"""Requests and their single outcome.
+
+The contract (after Ray Serve's batching): one outcome per request, and a failed batch fails
+every request in it. A request is `served`, `failed` or `shed`; nothing is silently dropped, so
+`served + failed + shed == arrived` holds for every run and is checked by the tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cotrain.clock import Clock
+
+
+class Outcome(str, enum.Enum):
+    SERVED = "served"
+    FAILED = "failed"
+    SHED = "shed"
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: int
+    arrival_ns: int
+    sample_index: int
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One finished request, as written to requests.csv."""
+
+    request: Request
+    outcome: Outcome
+    start_ns: int | None = None
+    end_ns: int | None = None
+    batch_size: int | None = None
+    variant: str = ""
+    reason: str = ""
+
+    @property
+    def latency_ns(self) -> int | None:
+        if self.outcome is not Outcome.SERVED or self.end_ns is None:
+            return None
+        return self.end_ns - self.request.arrival_ns
+
+
+def shed(request: Request, reason: str, variant: str = "") -> RequestRecord:
+    return RequestRecord(request=request, outcome=Outcome.SHED, variant=variant, reason=reason)
+
+
+def execute_batch(
+    batch: Sequence[Request],
+    infer: Callable[[Sequence[Request]], Sequence[Any]],
+    clock: Clock,
+    variant: str,
+) -> list[RequestRecord]:
+    """Run `infer` on a batch and give every request exactly one record.
+
+    `infer` must return one output per input. An exception, or a wrong number of outputs,
+    fails every request in the batch with the reason recorded.
+    """
+    start_ns = clock.now_ns()
+    outcome, reason = Outcome.SERVED, ""
+    try:
+        outputs = infer(batch)
+        if len(outputs) != len(batch):
+            outcome, reason = Outcome.FAILED, f"model returned {len(outputs)} outputs for {len(batch)} inputs"
+    except Exception as exc:  # every failure mode of the model fails the batch, never the process
+        outcome, reason = Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:200]
+    end_ns = clock.now_ns()
+    return [
+        RequestRecord(
+            request=r,
+            outcome=outcome,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            batch_size=len(batch),
+            variant=variant,
+            reason=reason,
+        )
+        for r in batch
+    ]

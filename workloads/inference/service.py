@@ -1,0 +1,292 @@
+"""The inference service process: arrivals -> bounded queue -> dynamic batcher -> model.
+
+Three threads share one process:
+- the *source* turns the seeded arrival schedule into requests at their arrival times and sheds
+  those that find the queue full;
+- the *listener* receives control commands; batching changes reach the batcher at once (they
+  only affect the next dispatch), thread changes are queued for the executor;
+- the *executor* (main thread) dispatches batches, runs the model, writes one record per request
+  and sends window statistics to the runtime. It applies queued knobs between batches, because
+  torch's thread count is a per-thread setting that must be set where the model runs.
+
+At stop, arrivals end, the queue is drained for up to `drain_timeout_s`, and whatever still waits
+is shed with a reason, so every arrived request has exactly one outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from cotrain.clock import NS_PER_MS, NS_PER_S, Clock, MonotonicClock
+from cotrain.config import InferenceConfig
+from cotrain.messages import (
+    Applied,
+    Finished,
+    InferenceStats,
+    Ready,
+    SetBatching,
+    SetThreads,
+    Stop,
+)
+from cotrain.records import REQUEST_COLUMNS, CsvAppender, fmt_s
+from cotrain.worker import Channel, report_failure, wait_for_start, worker_setup
+from cotrain.workloads.inference.arrivals import arrival_offsets_s
+from cotrain.workloads.inference.batcher import BatchPolicy, BatchQueue, DynamicBatcher
+from cotrain.workloads.inference.requests import Outcome, Request, RequestRecord, execute_batch, shed
+
+Infer = Callable[[Sequence[Request]], Sequence[Any]]
+
+
+@dataclass
+class _Window:
+    """Counters since the last stats message. Guarded by `lock`: source and executor both write."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    arrived: int = 0
+    served: int = 0
+    failed: int = 0
+    shed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_exec_ms: list[float] = field(default_factory=list)
+
+
+def record_row(r: RequestRecord) -> tuple[object, ...]:
+    latency_ns = r.latency_ns
+    return (
+        r.request.request_id,
+        fmt_s(r.request.arrival_ns),
+        fmt_s(r.start_ns),
+        fmt_s(r.end_ns),
+        "" if latency_ns is None else f"{latency_ns / NS_PER_MS:.3f}",
+        "" if r.batch_size is None else r.batch_size,
+        r.variant,
+        r.outcome.value,
+        r.reason,
+    )
+
+
+class InferenceService:
+    def __init__(
+        self,
+        config: InferenceConfig,
+        requests_csv: Path,
+        channel: Channel,
+        infer: Infer,
+        variant: str,
+        sample_indices: Iterator[int],
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.channel = channel
+        self.infer = infer
+        self.variant = variant
+        self.queue: BatchQueue[Request] = BatchQueue(
+            DynamicBatcher(
+                BatchPolicy(config.batching.max_batch_size, config.batching.max_queue_delay_ms),
+                config.queue_capacity,
+                self.clock,
+            )
+        )
+        self.writer = CsvAppender(requests_csv, REQUEST_COLUMNS)
+        self._sample_indices = sample_indices
+        self._window = _Window()
+        self._stop_arrivals = threading.Event()
+        self._stopping = threading.Event()
+        self._pending: queue.SimpleQueue[SetThreads] = queue.SimpleQueue()
+
+    # --- records -------------------------------------------------------------------------------
+
+    def _record(self, records: Sequence[RequestRecord], exec_ms: float | None = None) -> None:
+        self.writer.write_rows([record_row(r) for r in records])
+        w = self._window
+        with w.lock:
+            for r in records:
+                if r.outcome is Outcome.SERVED:
+                    w.served += 1
+                    if r.latency_ns is not None:
+                        w.latencies_ms.append(r.latency_ns / NS_PER_MS)
+                elif r.outcome is Outcome.FAILED:
+                    w.failed += 1
+                else:
+                    w.shed += 1
+            if exec_ms is not None and records:
+                w.batch_sizes.append(len(records))
+                w.batch_exec_ms.append(exec_ms)
+
+    def _send_stats(self) -> None:
+        w = self._window
+        with w.lock:
+            stats = InferenceStats(
+                window_end_ns=self.clock.now_ns(),
+                arrived=w.arrived,
+                served=w.served,
+                failed=w.failed,
+                shed=w.shed,
+                queue_depth=self.queue.depth(),
+                latencies_ms=w.latencies_ms,
+                batch_sizes=w.batch_sizes,
+                batch_exec_ms=w.batch_exec_ms,
+            )
+            w.arrived = w.served = w.failed = w.shed = 0
+            w.latencies_ms, w.batch_sizes, w.batch_exec_ms = [], [], []
+        self.channel.send(stats)
+
+    # --- threads -------------------------------------------------------------------------------
+
+    def produce(self, t0_ns: int, offsets_s: Iterator[float]) -> None:
+        """Source thread: emit requests at their scheduled arrival times until stopped."""
+        for request_id, offset_s in enumerate(offsets_s):
+            at_ns = t0_ns + round(offset_s * NS_PER_S)
+            now_ns = self.clock.now_ns()
+            if at_ns > now_ns and self._stop_arrivals.wait((at_ns - now_ns) / NS_PER_S):
+                return
+            if self._stop_arrivals.is_set():
+                return
+            request = Request(request_id, at_ns, next(self._sample_indices))
+            with self._window.lock:
+                self._window.arrived += 1
+            if not self.queue.offer(request, at_ns):
+                self._record([shed(request, "queue full", self.variant)])
+
+    def listen(self) -> None:
+        """Listener thread: apply or queue control commands until Stop."""
+        while True:
+            message = self.channel.recv()
+            if isinstance(message, Stop):
+                self._stopping.set()
+                self.queue.wake()
+                return
+            if isinstance(message, SetBatching):
+                self.queue.set_policy(BatchPolicy(message.max_batch_size, message.max_queue_delay_ms))
+                now_ns = self.clock.now_ns()
+                self.channel.send(Applied("max_batch_size", message.max_batch_size, now_ns))
+                self.channel.send(Applied("max_queue_delay_ms", message.max_queue_delay_ms, now_ns))
+            elif isinstance(message, SetThreads):
+                self._pending.put(message)
+                self.queue.wake()
+
+    def _apply_pending(self) -> None:
+        while True:
+            try:
+                message = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            import torch
+
+            torch.set_num_threads(message.threads)
+            self.channel.send(Applied("threads", message.threads, self.clock.now_ns()))
+
+    def _run_batch(self, batch: list[Request]) -> None:
+        records = execute_batch(batch, self.infer, self.clock, self.variant)
+        first = records[0]
+        exec_ms = ((first.end_ns or 0) - (first.start_ns or 0)) / NS_PER_MS
+        self._record(records, exec_ms)
+
+    def serve(self, t0_ns: int, offsets_s: Iterator[float]) -> None:
+        """Executor loop (main thread) from t0 until Stop, then drain and account for the rest."""
+        source = threading.Thread(target=self.produce, args=(t0_ns, offsets_s), name="source", daemon=True)
+        source.start()
+        period_ns = round(self.config.stats_period_s * NS_PER_S)
+        next_stats_ns = t0_ns + period_ns
+        while not self._stopping.is_set():
+            self._apply_pending()
+            wait_s = max(0.0, min(0.1, (next_stats_ns - self.clock.now_ns()) / NS_PER_S))
+            batch = self.queue.next_batch(wait_s)
+            if batch:
+                self._run_batch(batch)
+            if self.clock.now_ns() >= next_stats_ns:
+                self._send_stats()
+                next_stats_ns += period_ns * max(1, (self.clock.now_ns() - next_stats_ns) // period_ns + 1)
+
+        self._stop_arrivals.set()
+        source.join()
+        drain_deadline_ns = self.clock.now_ns() + round(self.config.drain_timeout_s * NS_PER_S)
+        while self.queue.depth() and self.clock.now_ns() < drain_deadline_ns:
+            self._apply_pending()
+            batch = self.queue.next_batch(0.0, flush=True)
+            if batch:
+                self._run_batch(batch)
+        leftovers = self.queue.drain()
+        if leftovers:
+            self._record([shed(r, "stopped before dispatch", self.variant) for r in leftovers])
+        self._send_stats()
+        self.writer.close()
+
+
+def _sample_pool(config: InferenceConfig, seed: int) -> tuple[list[Any], Iterator[int]]:
+    """Decoded input images and a seeded stream of indices into them.
+
+    Requests draw from a pool of up to 256 images decoded at start-up, so request latency
+    measures queueing and the model, not the disk.
+    """
+    import numpy as np
+
+    from cotrain.workloads.data import build_dataset
+
+    dataset = build_dataset(config.dataset)
+    n = min(len(dataset), 256)  # type: ignore[arg-type]
+    pool = [dataset[i][0] for i in range(n)]
+    rng = np.random.default_rng(seed)
+
+    def indices() -> Iterator[int]:
+        while True:
+            yield from (int(i) for i in rng.integers(0, n, size=1024))
+
+    return pool, indices()
+
+
+def make_infer(model: Any, pool: Sequence[Any]) -> Infer:
+    import torch
+
+    def infer(batch: Sequence[Request]) -> Sequence[Any]:
+        x = torch.stack([pool[r.sample_index] for r in batch])
+        with torch.inference_mode():
+            predictions: list[Any] = model(x).argmax(dim=1).tolist()
+        return predictions
+
+    return infer
+
+
+def inference_process_main(
+    conn: Connection, config: InferenceConfig, requests_csv: str, threads: int, seed: int
+) -> None:
+    """Entry point of the spawned inference process."""
+    channel = Channel(conn)
+    try:
+        worker_setup(threads)
+        import torch
+
+        from cotrain.workloads.data import dataset_num_classes
+        from cotrain.workloads.models import build_model
+
+        num_classes = config.model.num_classes or dataset_num_classes(config.dataset)
+        model = build_model(config.model, num_classes).eval()
+        pool, sample_indices = _sample_pool(config, seed)
+        infer = make_infer(model, pool)
+        with torch.inference_mode():  # warm up allocator and kernels off the clock
+            for size in sorted({1, config.batching.max_batch_size}):
+                model(torch.stack([pool[i % len(pool)] for i in range(size)]))
+        variant = f"{config.model.name}/fp32"
+        service = InferenceService(config, Path(requests_csv), channel, infer, variant, sample_indices)
+        channel.send(Ready(pid=os.getpid(), detail=variant))
+        start = wait_for_start(channel)
+        if isinstance(start, Stop):
+            service.writer.close()
+            channel.send(Finished("stopped before start"))
+            return
+        listener = threading.Thread(target=service.listen, name="listener", daemon=True)
+        listener.start()
+        service.serve(start.t0_ns, arrival_offsets_s(config.arrivals))
+        channel.send(Finished())
+    except BaseException as exc:
+        report_failure(channel, exc)
+        raise SystemExit(1) from None

@@ -1,0 +1,237 @@
+"""The training job process: an SGD loop whose knobs can be turned while it runs.
+
+Every knob is applied at the next step boundary, the only point where changing it is safe:
+- threads: `torch.set_num_threads` in the loop's own thread (the setting is per thread);
+- dataloader workers: the DataLoader is rebuilt, so the next batch comes from the new workers;
+- pause/resume: the loop blocks on its command channel, using no CPU, until resumed or stopped.
+Each application is reported back (`Applied`) and lands in events.jsonl with its time.
+
+One CSV row is written and flushed per step, and an atomic checkpoint every N steps and at stop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from cotrain.clock import NS_PER_MS, NS_PER_S, Clock, MonotonicClock
+from cotrain.config import TrainingJobConfig
+from cotrain.messages import (
+    Applied,
+    Command,
+    Finished,
+    Ready,
+    SetNumWorkers,
+    SetPaused,
+    SetThreads,
+    Stop,
+    TrainingStats,
+)
+from cotrain.records import TRAIN_COLUMNS, CsvAppender, fmt_s
+from cotrain.worker import Channel, report_failure, wait_for_start, worker_setup
+from cotrain.workloads.data import build_dataset, dataset_num_classes
+from cotrain.workloads.models import build_model
+from cotrain.workloads.training.checkpoint import load_latest, save_checkpoint
+
+
+class Trainer:
+    def __init__(
+        self,
+        job: TrainingJobConfig,
+        train_csv: Path,
+        checkpoint_dir: Path,
+        channel: Channel,
+        threads: int,
+        seed: int = 0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.job = job
+        self.channel = channel
+        self.clock = clock or MonotonicClock()
+        self.checkpoint_dir = checkpoint_dir
+        self.threads = threads
+        self.num_workers = job.num_workers
+        self.paused = job.paused
+        self.stopping = False
+        self.seed = seed
+        self.dataset = build_dataset(job.dataset)
+        num_classes = job.model.num_classes or dataset_num_classes(job.dataset)
+        self.model = build_model(job.model, num_classes).train()
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
+        )
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.step = 0
+        self.resumed_from: Path | None = None
+        latest = load_latest(checkpoint_dir)
+        if latest is not None:
+            self.resumed_from, state = latest
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+        self.writer = CsvAppender(train_csv, TRAIN_COLUMNS)
+        self._batches: Iterator[Any] | None = None
+        self._loader: DataLoader[Any] | None = None
+        self._window_steps = 0
+        self._window_samples = 0
+        self._last_loss: float | None = None
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def _make_loader(self) -> DataLoader[Any]:
+        generator = torch.Generator().manual_seed(self.seed + self.step)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.job.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def _next_batch(self) -> Any:
+        if self._batches is None:
+            self._loader = self._make_loader()
+            self._batches = iter(self._loader)
+        try:
+            return next(self._batches)
+        except StopIteration:  # next epoch, same loader (and same persistent workers)
+            assert self._loader is not None
+            self._batches = iter(self._loader)
+            return next(self._batches)
+
+    def _drop_loader(self) -> None:
+        self._batches = None  # the iterator's destructor shuts its worker processes down
+        self._loader = None
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def handle(self, message: Command) -> None:
+        now_ns = self.clock.now_ns()
+        if isinstance(message, Stop):
+            self.stopping = True
+        elif isinstance(message, SetThreads):
+            torch.set_num_threads(message.threads)
+            self.threads = message.threads
+            self.channel.send(Applied("threads", message.threads, now_ns))
+        elif isinstance(message, SetNumWorkers):
+            if message.num_workers != self.num_workers:
+                self.num_workers = message.num_workers
+                self._drop_loader()
+            self.channel.send(Applied("num_workers", message.num_workers, now_ns))
+        elif isinstance(message, SetPaused):
+            self.paused = message.paused
+            self.channel.send(Applied("paused", message.paused, now_ns))
+
+    def _poll_commands(self, timeout_s: float) -> None:
+        """Handle every waiting command; wait up to `timeout_s` for the first one."""
+        message = self.channel.recv(timeout_s)
+        while message is not None:
+            self.handle(message)
+            message = self.channel.recv(0.0)
+
+    # --- loop ----------------------------------------------------------------------------------
+
+    def _send_stats(self) -> None:
+        self.channel.send(
+            TrainingStats(
+                window_end_ns=self.clock.now_ns(),
+                steps=self._window_steps,
+                samples=self._window_samples,
+                total_steps=self.step,
+                last_loss=self._last_loss,
+                paused=self.paused,
+            )
+        )
+        self._window_steps = self._window_samples = 0
+
+    def train_step(self) -> None:
+        t_data_ns = self.clock.now_ns()
+        inputs, labels = self._next_batch()
+        t_start_ns = self.clock.now_ns()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(inputs), labels)
+        loss.backward()
+        self.optimizer.step()
+        t_end_ns = self.clock.now_ns()
+        self.step += 1
+        samples = int(labels.shape[0])
+        self._last_loss = float(loss.detach())
+        self._window_steps += 1
+        self._window_samples += samples
+        self.writer.write_rows(
+            [
+                (
+                    self.step,
+                    fmt_s(t_end_ns),
+                    samples,
+                    f"{self._last_loss:.6f}",
+                    f"{(t_end_ns - t_start_ns) / NS_PER_MS:.3f}",
+                    f"{(t_start_ns - t_data_ns) / NS_PER_MS:.3f}",
+                    self.job.batch_size,
+                    self.num_workers,
+                    self.threads,
+                )
+            ]
+        )
+        if self.step % self.job.checkpoint_every_steps == 0:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        save_checkpoint(
+            self.checkpoint_dir,
+            self.step,
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step},
+        )
+
+    def run(self, t0_ns: int) -> None:
+        period_ns = round(self.job.stats_period_s * NS_PER_S)
+        next_stats_ns = t0_ns + period_ns
+        while True:
+            self._poll_commands(0.0)
+            while self.paused and not self.stopping:
+                self._poll_commands(max(0.01, (next_stats_ns - self.clock.now_ns()) / NS_PER_S))
+                if self.clock.now_ns() >= next_stats_ns:
+                    self._send_stats()
+                    next_stats_ns = self.clock.now_ns() + period_ns
+            if self.stopping:
+                break
+            self.train_step()
+            if self.clock.now_ns() >= next_stats_ns:
+                self._send_stats()
+                next_stats_ns = self.clock.now_ns() + period_ns
+        if self.step % self.job.checkpoint_every_steps != 0:
+            self.checkpoint()
+        self._send_stats()
+        self._drop_loader()
+        self.writer.close()
+
+
+def training_process_main(
+    conn: Connection, job: TrainingJobConfig, train_csv: str, checkpoint_dir: str, threads: int, seed: int
+) -> None:
+    """Entry point of a spawned training process."""
+    channel = Channel(conn)
+    try:
+        worker_setup(threads)
+        trainer = Trainer(job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed)
+        detail = f"{job.model.name}" + (
+            f", resumed from {trainer.resumed_from.name}" if trainer.resumed_from else ""
+        )
+        channel.send(Ready(pid=os.getpid(), detail=detail))
+        start = wait_for_start(channel)
+        if isinstance(start, Stop):
+            trainer.writer.close()
+            channel.send(Finished("stopped before start"))
+            return
+        trainer.run(start.t0_ns)
+        channel.send(Finished(f"{trainer.step} steps"))
+    except BaseException as exc:
+        report_failure(channel, exc)
+        raise SystemExit(1) from None
