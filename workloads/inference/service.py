@@ -100,7 +100,8 @@ class InferenceService:
         self._sample_indices = sample_indices
         self._window = _Window()
         self._stop_arrivals = threading.Event()
-        self._stopping = threading.Event()
+        self.arrivals_done = threading.Event()  # the arrival schedule ended or was stopped
+        self.stopping = threading.Event()
         self._pending: queue.SimpleQueue[SetThreads] = queue.SimpleQueue()
 
     # --- records -------------------------------------------------------------------------------
@@ -143,26 +144,29 @@ class InferenceService:
     # --- threads -------------------------------------------------------------------------------
 
     def produce(self, t0_ns: int, offsets_s: Iterator[float]) -> None:
-        """Source thread: emit requests at their scheduled arrival times until stopped."""
-        for request_id, offset_s in enumerate(offsets_s):
-            at_ns = t0_ns + round(offset_s * NS_PER_S)
-            now_ns = self.clock.now_ns()
-            if at_ns > now_ns and self._stop_arrivals.wait((at_ns - now_ns) / NS_PER_S):
-                return
-            if self._stop_arrivals.is_set():
-                return
-            request = Request(request_id, at_ns, next(self._sample_indices))
-            with self._window.lock:
-                self._window.arrived += 1
-            if not self.queue.offer(request, at_ns):
-                self._record([shed(request, "queue full", self.variant)])
+        """Source thread: emit requests at their scheduled arrival times until stopped or exhausted."""
+        try:
+            for request_id, offset_s in enumerate(offsets_s):
+                at_ns = t0_ns + round(offset_s * NS_PER_S)
+                now_ns = self.clock.now_ns()
+                if at_ns > now_ns and self._stop_arrivals.wait((at_ns - now_ns) / NS_PER_S):
+                    return
+                if self._stop_arrivals.is_set():
+                    return
+                request = Request(request_id, at_ns, next(self._sample_indices))
+                with self._window.lock:
+                    self._window.arrived += 1
+                if not self.queue.offer(request, at_ns):
+                    self._record([shed(request, "queue full", self.variant)])
+        finally:
+            self.arrivals_done.set()
 
     def listen(self) -> None:
         """Listener thread: apply or queue control commands until Stop."""
         while True:
             message = self.channel.recv()
             if isinstance(message, Stop):
-                self._stopping.set()
+                self.stopping.set()
                 self.queue.wake()
                 return
             if isinstance(message, SetBatching):
@@ -197,7 +201,7 @@ class InferenceService:
         source.start()
         period_ns = round(self.config.stats_period_s * NS_PER_S)
         next_stats_ns = t0_ns + period_ns
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             self._apply_pending()
             wait_s = max(0.0, min(0.1, (next_stats_ns - self.clock.now_ns()) / NS_PER_S))
             batch = self.queue.next_batch(wait_s)
@@ -209,6 +213,7 @@ class InferenceService:
 
         self._stop_arrivals.set()
         source.join()
+        self._apply_pending()
         drain_deadline_ns = self.clock.now_ns() + round(self.config.drain_timeout_s * NS_PER_S)
         while self.queue.depth() and self.clock.now_ns() < drain_deadline_ns:
             self._apply_pending()

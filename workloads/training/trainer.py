@@ -11,6 +11,7 @@ One CSV row is written and flushed per step, and an atomic checkpoint every N st
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -68,6 +69,7 @@ class Trainer:
         )
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.step = 0
+        self._checkpointed_step = 0
         self.resumed_from: Path | None = None
         latest = load_latest(checkpoint_dir)
         if latest is not None:
@@ -75,6 +77,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
+        self._checkpointed_step = self.step
         self.writer = CsvAppender(train_csv, TRAIN_COLUMNS)
         self._batches: Iterator[Any] | None = None
         self._loader: DataLoader[Any] | None = None
@@ -85,7 +88,15 @@ class Trainer:
     # --- data ----------------------------------------------------------------------------------
 
     def _make_loader(self) -> DataLoader[Any]:
+        """A DataLoader for the current `num_workers`.
+
+        Workers are forked where the OS allows it. This process was itself spawned, so Python's
+        default for its children would be spawn too, and every spawned worker re-imports torch:
+        2.4 s measured here for a live `num_workers` change, against milliseconds for fork, which
+        is also what PyTorch users get by default on Linux (Jetson included).
+        """
         generator = torch.Generator().manual_seed(self.seed + self.step)
+        context = "fork" if self.num_workers > 0 and "fork" in mp.get_all_start_methods() else None
         return DataLoader(
             self.dataset,
             batch_size=self.job.batch_size,
@@ -93,6 +104,7 @@ class Trainer:
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=generator,
+            multiprocessing_context=context,
         )
 
     def _next_batch(self) -> Any:
@@ -184,6 +196,7 @@ class Trainer:
             self.checkpoint()
 
     def checkpoint(self) -> None:
+        self._checkpointed_step = self.step
         save_checkpoint(
             self.checkpoint_dir,
             self.step,
@@ -206,7 +219,7 @@ class Trainer:
             if self.clock.now_ns() >= next_stats_ns:
                 self._send_stats()
                 next_stats_ns = self.clock.now_ns() + period_ns
-        if self.step % self.job.checkpoint_every_steps != 0:
+        if self.step != self._checkpointed_step:
             self.checkpoint()
         self._send_stats()
         self._drop_loader()

@@ -1,0 +1,137 @@
+"""The control language and the policies: pure, deterministic, bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from cotrain.config import parse_config
+from cotrain.control import (
+    Action,
+    InferenceChange,
+    InferenceKnobs,
+    Knobs,
+    Observation,
+    TrainingChange,
+    TrainingKnobs,
+)
+from cotrain.controllers.contract import PolicyContractError, check_policy
+from cotrain.controllers.registry import build_policy, registered_policies
+from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
+from cotrain.controllers.wrappers import KnobBounds, bound_action
+from cotrain.runtime import initial_knobs, knob_bounds
+from tests.conftest import TINY
+
+KNOBS = Knobs(
+    inference=InferenceKnobs(max_batch_size=4, max_queue_delay_ms=10.0, threads=1, cpus=None),
+    training={"cl": TrainingKnobs(threads=1, cpus=None, num_workers=0, paused=False)},
+)
+BOUNDS = KnobBounds(
+    max_batch_size=(1, 64),
+    max_queue_delay_ms=(0.0, 1000.0),
+    threads=(1, 2),
+    num_workers=(0, 4),
+    cpus=(0, 1),
+    jobs=frozenset({"cl"}),
+)
+
+
+def obs(t: float) -> Observation:
+    return Observation(
+        time_s=t, window_s=0.5, knobs=KNOBS, inference=None, training={}, cpu_util_percent=None, cpu_count=2
+    )
+
+
+def test_knobs_apply_changes_only_what_the_action_names() -> None:
+    action = Action(
+        inference=InferenceChange(max_batch_size=16), training={"cl": TrainingChange(paused=True)}
+    )
+    after = KNOBS.apply(action)
+    assert after.inference == InferenceKnobs(16, 10.0, 1, None)
+    assert after.training["cl"] == TrainingKnobs(1, None, 0, True)
+    assert KNOBS.inference is not None and KNOBS.inference.max_batch_size == 4  # original untouched
+
+
+def test_action_record_holds_only_changes() -> None:
+    action = Action(inference=InferenceChange(cpus=(1,)), training={"cl": TrainingChange()}, reason="r")
+    assert action.to_record() == {"inference": {"cpus": [1]}}
+    assert Action().is_empty() and not action.is_empty()
+
+
+def test_bounds_clamp_and_explain() -> None:
+    action = Action(
+        inference=InferenceChange(max_batch_size=1000, threads=0, cpus=(0, 7)),
+        training={"cl": TrainingChange(num_workers=99), "ghost": TrainingChange(paused=True)},
+        reason="greedy",
+    )
+    bounded = bound_action(action, BOUNDS)
+    assert bounded.inference == InferenceChange(max_batch_size=64, threads=1, cpus=None)
+    assert set(bounded.training) == {"cl"} and bounded.training["cl"].num_workers == 4
+    for note in ("max_batch_size 1000 clamped to 64", "cpus [0, 7] dropped", "unknown training job 'ghost'"):
+        assert note in bounded.reason
+    assert bounded.reason.startswith("greedy [bounded: ")
+
+
+def test_schedule_applies_due_steps_in_order_and_only_once() -> None:
+    policy = SchedulePolicy(
+        [
+            ScheduledAction(2.0, Action(inference=InferenceChange(max_batch_size=8))),
+            ScheduledAction(1.0, Action(inference=InferenceChange(max_batch_size=2, max_queue_delay_ms=5))),
+        ]
+    )
+    state = policy.initial_state()
+    action, state = policy.decide(obs(0.5), state)
+    assert action.is_empty()
+    action, state = policy.decide(obs(2.5), state)  # a late tick: both steps are due, later wins
+    assert action.inference == InferenceChange(max_batch_size=8, max_queue_delay_ms=5)
+    action, state = policy.decide(obs(3.0), state)
+    assert action.is_empty()
+
+
+def test_default_threads_are_a_fair_share_of_the_cores() -> None:
+    config = parse_config(yaml.safe_load(yaml.safe_dump(TINY)))
+    knobs = initial_knobs(config, cpu_count=2)
+    assert knobs.inference is not None and knobs.inference.threads == 1
+    assert knobs.training["cl"].threads == 1
+    assert initial_knobs(config, cpu_count=8).training["cl"].threads == 4
+
+
+def schedule_config() -> dict[str, Any]:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["controller"] = {
+        "name": "schedule",
+        "steps": [
+            {"at_s": 0.5, "set": {"inference": {"max_batch_size": 500, "cpus": [0, 1, 2, 3]}}},
+            {"at_s": 1.0, "set": {"training": {"cl": {"paused": True, "num_workers": 50}}}},
+        ],
+    }
+    return data
+
+
+@pytest.mark.parametrize("name", registered_policies())
+def test_every_registered_policy_keeps_the_contract(name: str) -> None:
+    data = schedule_config() if name == "schedule" else yaml.safe_load(yaml.safe_dump(TINY))
+    data["controller"]["name"] = name
+    if name != "schedule":
+        data["controller"].pop("steps", None)
+    config = parse_config(data)
+    policy = build_policy(config.controller)
+    check_policy(policy, [obs(t / 4) for t in range(12)], knob_bounds(config, (0, 1)))
+
+
+def test_the_contract_checker_catches_a_nondeterministic_policy() -> None:
+    class Flaky:
+        name = "flaky"
+        calls = 0
+
+        def initial_state(self) -> None:
+            return None
+
+        def decide(self, o: Observation, state: None) -> tuple[Action, None]:
+            Flaky.calls += 1
+            return Action(inference=InferenceChange(max_batch_size=Flaky.calls)), None
+
+    with pytest.raises(PolicyContractError, match="not deterministic"):
+        check_policy(Flaky(), [obs(0.0)], BOUNDS)

@@ -1,0 +1,98 @@
+"""The training loop in-process: knobs apply at step boundaries, pause uses no steps,
+checkpoints are atomic and a corrupt newest one falls back to the previous."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+import yaml
+
+from cotrain.config import TrainingJobConfig, parse_config
+from cotrain.messages import Applied, SetNumWorkers, SetPaused, SetThreads, Stop, TrainingStats
+from cotrain.records import read_csv_rows
+from cotrain.workloads.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from cotrain.workloads.training.trainer import Trainer
+from tests.conftest import TINY
+from tests.fakes import FakeChannel
+
+
+def job(**overrides: object) -> TrainingJobConfig:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["workloads"]["training"][0].update(overrides)
+    return parse_config(data).workloads.training[0]
+
+
+def make_trainer(tmp_path: Path, **overrides: object) -> tuple[Trainer, FakeChannel]:
+    channel = FakeChannel()
+    trainer = Trainer(job(**overrides), tmp_path / "train-cl.csv", tmp_path / "ckpt", channel, threads=1)  # type: ignore[arg-type]
+    return trainer, channel
+
+
+def test_steps_are_recorded_and_loss_is_real(tmp_path: Path) -> None:
+    trainer, _ = make_trainer(tmp_path)
+    for _ in range(3):
+        trainer.train_step()
+    trainer.writer.close()
+    rows = read_csv_rows(tmp_path / "train-cl.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(int(r["samples"]) == 8 and float(r["loss"]) > 0 for r in rows)
+    assert all(float(r["step_ms"]) > 0 for r in rows)
+
+
+def test_dataloader_workers_change_at_the_next_step(tmp_path: Path) -> None:
+    trainer, channel = make_trainer(tmp_path)
+    trainer.train_step()
+    assert trainer._loader is not None and trainer._loader.num_workers == 0
+    trainer.handle(SetNumWorkers(1))
+    trainer.train_step()
+    assert trainer._loader is not None and trainer._loader.num_workers == 1
+    trainer.handle(SetThreads(1))
+    trainer.train_step()
+    trainer._drop_loader()
+    trainer.writer.close()
+    rows = read_csv_rows(tmp_path / "train-cl.csv")
+    assert [r["num_workers"] for r in rows] == ["0", "1", "1"]
+    assert [(a.knob, a.value) for a in channel.of_type(Applied)] == [("num_workers", 1), ("threads", 1)]
+
+
+def test_a_paused_job_blocks_without_stepping_until_resumed(tmp_path: Path) -> None:
+    trainer, channel = make_trainer(tmp_path, paused=True)
+    runner = threading.Thread(target=trainer.run, args=(0,), daemon=True)
+    runner.start()
+    assert channel.waiting.wait(timeout=60)  # blocked on its command channel, not training
+    assert trainer.step == 0
+    channel.commands.put(SetPaused(False))
+    channel.commands.put(Stop())
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert ("paused", False) in [(a.knob, a.value) for a in channel.of_type(Applied)]
+    assert channel.of_type(TrainingStats)[-1].paused is False
+    if trainer.step == 0:
+        assert not list_checkpoints(tmp_path / "ckpt"), "nothing trained, nothing to checkpoint"
+    else:
+        assert list_checkpoints(tmp_path / "ckpt")[-1].name == f"step-{trainer.step:09d}.pt"
+
+
+def test_checkpoints_are_pruned_and_a_corrupt_newest_falls_back(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    for step in (10, 20, 30):
+        save_checkpoint(directory, step, {"model": {"w": torch.tensor([float(step)])}, "step": step})
+    assert [p.name for p in list_checkpoints(directory)] == ["step-000000020.pt", "step-000000030.pt"]
+    newest = list_checkpoints(directory)[-1]
+    newest.write_bytes(newest.read_bytes()[:20])  # torn write
+    latest = load_latest(directory)
+    assert latest is not None and latest[1]["step"] == 20
+    assert not list(directory.glob(".*.tmp"))
+
+
+def test_a_new_trainer_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
+    trainer, _ = make_trainer(tmp_path)
+    trainer.train_step()
+    trainer.train_step()
+    trainer.checkpoint()
+    trainer.writer.close()
+    resumed, _ = make_trainer(tmp_path)
+    assert resumed.step == 2 and resumed.resumed_from is not None
+    resumed.writer.close()
