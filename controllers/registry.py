@@ -35,7 +35,8 @@ def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
         )
         for job, t in changes.training.items()
     }
-    return Action(inference=inference, training=training, reason=reason)
+    power_mode = None if changes.power_mode is None else str(changes.power_mode)
+    return Action(inference=inference, training=training, power_mode=power_mode, reason=reason)
 
 
 def _static(config: ControllerConfig) -> Policy:

@@ -44,7 +44,9 @@ def merge_actions(actions: Sequence[Action], reason: str) -> Action:
     """Later actions override earlier ones knob by knob."""
     inference: dict[str, object] = {}
     training: dict[str, dict[str, object]] = {}
+    power_mode: str | None = None
     for action in actions:
+        power_mode = action.power_mode if action.power_mode is not None else power_mode
         if action.inference is not None:
             inference.update(action.inference.changes())
         for job, change in action.training.items():
@@ -52,5 +54,6 @@ def merge_actions(actions: Sequence[Action], reason: str) -> Action:
     return Action(
         inference=InferenceChange(**inference) if inference else None,  # type: ignore[arg-type]
         training={job: TrainingChange(**c) for job, c in training.items()},  # type: ignore[arg-type]
+        power_mode=power_mode,
         reason=reason,
     )

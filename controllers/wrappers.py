@@ -6,7 +6,7 @@ changes for unknown jobs or unavailable CPUs, and says what it changed in the ac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from cotrain.control import Action, InferenceChange, Observation, TrainingChange
@@ -23,6 +23,7 @@ class KnobBounds:
     num_workers: tuple[int, int]
     cpus: tuple[int, ...]
     jobs: frozenset[str]
+    power_modes: frozenset[str] | None = None  # names the platform offers; None: no modes
 
 
 def _clamp(name: str, value: N | None, lo: N, hi: N, notes: list[str]) -> N | None:
@@ -69,10 +70,14 @@ def bound_action(action: Action, bounds: KnobBounds) -> Action:
             num_workers=_clamp(f"{job} num_workers", t.num_workers, *bounds.num_workers, notes),
             paused=t.paused,
         )
+    power_mode = action.power_mode
+    if power_mode is not None and bounds.power_modes is not None and power_mode not in bounds.power_modes:
+        notes.append(f"power mode {power_mode!r} dropped: not offered by this platform")
+        power_mode = None
     reason = action.reason
     if notes:
         reason = f"{reason} [bounded: {'; '.join(notes)}]".strip()
-    return Action(inference=inference, training=training, reason=reason)
+    return Action(inference=inference, training=training, power_mode=power_mode, reason=reason)
 
 
 class Bounded:
@@ -89,3 +94,72 @@ class Bounded:
     def decide(self, obs: Observation, state: Any) -> tuple[Action, Any]:
         action, state = self.policy.decide(obs, state)
         return bound_action(action, self.bounds), state
+
+
+@dataclass(frozen=True)
+class PowerModeRules:
+    """What the power-mode policy config and the platform allow.
+
+    `order` lists the platform's mode names from most to least capable (the platform's own
+    order), so "never step up while over budget" can be checked without knowing per-mode power.
+    """
+
+    order: tuple[str, ...]
+    allowed: frozenset[str] | None = None  # None: every mode the platform offers
+    needs_reboot: frozenset[str] = frozenset()
+    allow_reboot_modes: bool = False
+    min_dwell_s: float = 0.0
+    power_budget_w: float | None = None
+
+
+class PowerModeGuard:
+    """Wraps any policy: a power-mode change passes only if allowed, reboot-free (unless the
+    policy says otherwise), after the dwell time since the last switch, and never upwards while
+    measured power is over the budget. Refusals are explained in the action's reason."""
+
+    def __init__(self, policy: Policy, rules: PowerModeRules) -> None:
+        self.policy = policy
+        self.rules = rules
+        self.name = policy.name
+
+    def initial_state(self) -> tuple[Any, float | None]:
+        return self.policy.initial_state(), None
+
+    def _refusal(self, mode: str, obs: Observation, last_switch_s: float | None) -> str | None:
+        rules = self.rules
+        if mode not in rules.order:
+            return f"power mode {mode!r} does not exist on this platform"
+        if rules.allowed is not None and mode not in rules.allowed:
+            return f"power mode {mode!r} is not in the policy's allowed modes"
+        if mode in rules.needs_reboot and not rules.allow_reboot_modes:
+            return f"power mode {mode!r} needs a reboot"
+        if last_switch_s is not None and obs.time_s - last_switch_s < rules.min_dwell_s:
+            return f"power mode {mode!r} held back: {rules.min_dwell_s:g} s dwell since the last switch"
+        current = obs.knobs.power_mode
+        over_budget = (
+            rules.power_budget_w is not None
+            and obs.power_w is not None
+            and obs.power_w > rules.power_budget_w
+        )
+        if over_budget and current in rules.order and rules.order.index(mode) < rules.order.index(current):
+            budget = f"{obs.power_w:.1f} W is over the {rules.power_budget_w:g} W budget"
+            return f"power mode {mode!r} refused: {budget}"
+        return None
+
+    def decide(
+        self, obs: Observation, state: tuple[Any, float | None]
+    ) -> tuple[Action, tuple[Any, float | None]]:
+        inner, last_switch_s = state
+        action, inner = self.policy.decide(obs, inner)
+        mode = action.power_mode
+        if mode is None:
+            return action, (inner, last_switch_s)
+        if mode == obs.knobs.power_mode:
+            return replace(action, power_mode=None), (inner, last_switch_s)
+        refusal = self._refusal(mode, obs, last_switch_s)
+        if refusal is not None:
+            return replace(action, power_mode=None, reason=f"{action.reason} [{refusal}]".strip()), (
+                inner,
+                last_switch_s,
+            )
+        return action, (inner, obs.time_s)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 EXIT_OK = 0
@@ -22,7 +25,11 @@ def _err(message: str) -> None:
 
 
 def _load(path: str, overrides: dict[str, Any]) -> Any:
-    """Validated config plus machine checks; prints every problem and returns None on failure."""
+    """(config, platform) validated against the machine; prints every problem and returns None.
+
+    The platform is created here because several checks need it (CPUs, power modes). On failure
+    it is restored at once, so a bad config leaves nothing running and nothing changed.
+    """
     from cotrain.config import ConfigError, load_config
 
     try:
@@ -34,17 +41,28 @@ def _load(path: str, overrides: dict[str, Any]) -> Any:
     from cotrain.platform import create_platform
     from cotrain.preflight import preflight
 
-    platform = create_platform(config.platform.kind)
-    problems = preflight(config, platform.cpu_ids())
+    try:
+        platform = create_platform(
+            config.platform, warn=lambda m: print(f"cotrain: warning: {m}", file=sys.stderr)
+        )
+    except Exception as exc:
+        _err(f"{path}: platform: cannot open the {config.platform.kind} platform: {exc}")
+        return None
+    problems = preflight(config, platform)
     for line in problems:
         _err(f"{path}: {line}")
-    return None if problems else config
+    if problems:
+        platform.restore()
+        return None
+    return config, platform
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = _load(args.config, {})
-    if config is None:
+    loaded = _load(args.config, {})
+    if loaded is None:
         return EXIT_BAD_INPUT
+    config, platform = loaded
+    platform.restore()
     workloads = config.workloads
     parts = (["inference"] if workloads.inference else []) + [f"train:{j.name}" for j in workloads.training]
     print(
@@ -60,13 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["duration_s"] = args.duration
     if args.out is not None:
         overrides["output"] = {"dir": args.out}
-    config = _load(args.config, overrides)
-    if config is None:
+    loaded = _load(args.config, overrides)
+    if loaded is None:
         return EXIT_BAD_INPUT
+    config, platform = loaded
 
     from rich.console import Console
 
-    from cotrain.platform import create_platform
     from cotrain.rundir import OutputDirError, RunDir
     from cotrain.runtime import RunFailed, Runtime
     from cotrain.summary import summary_table
@@ -76,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         replaced = run_dir.prepare()
     except OutputDirError as exc:
+        platform.restore()
         _err(str(exc))
         return EXIT_BAD_INPUT
     console = Console(stderr=True)
@@ -86,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             console.print(message)
 
-    runtime = Runtime(config, run_dir, create_platform(config.platform.kind), log=log)
+    runtime = Runtime(config, run_dir, platform, power_rules=power_rules(config, platform), log=log)
     try:
         summary = runtime.run()
     except RunFailed as exc:
@@ -120,6 +139,215 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def power_rules(config: Any, platform: Any) -> Any:
+    """The power-mode guard's rules: the platform's modes, narrowed by the policy file if any."""
+    from cotrain.controllers.wrappers import PowerModeRules
+
+    modes = platform.power_modes()
+    rules = PowerModeRules(
+        order=tuple(m.name for m in modes), needs_reboot=frozenset(m.name for m in modes if m.needs_reboot)
+    )
+    if config.platform.power_policy is None:
+        return rules
+    from dataclasses import replace
+
+    from cotrain.power_modes.policy import load_power_policy
+
+    policy = load_power_policy(config.platform.power_policy)
+    allowed = None
+    if policy.allowed_modes:
+        by_id = {str(m.id): m.name for m in modes}
+        allowed = frozenset(by_id.get(str(a), str(a)) for a in policy.allowed_modes)
+    return replace(
+        rules,
+        allowed=allowed,
+        allow_reboot_modes=policy.allow_reboot_modes,
+        min_dwell_s=policy.min_dwell_s,
+        power_budget_w=policy.power_budget_w,
+    )
+
+
+def _platform_from_args(args: argparse.Namespace) -> Any:
+    from cotrain.config import HostPlatformConfig, JetsonPlatformConfig
+    from cotrain.platform import create_platform, detect_kind
+
+    kind = args.kind or detect_kind(Path(args.root))
+    if kind == "jetson":
+        config: Any = JetsonPlatformConfig(
+            kind="jetson",
+            root=args.root,
+            nvpmodel=args.nvpmodel,
+            tegrastats=args.tegrastats,
+            nvpmodel_conf=args.nvpmodel_conf,
+            jtop=not args.no_jtop,
+        )
+    else:
+        config = HostPlatformConfig(kind="host")
+    return create_platform(config, warn=lambda m: print(f"cotrain: warning: {m}", file=sys.stderr))
+
+
+def cmd_platform_info(args: argparse.Namespace) -> int:
+    platform = _platform_from_args(args)
+    try:
+        info = platform.describe()
+        platform.telemetry()
+        time.sleep(0.5)  # utilisation is a rate: measure it over a real interval
+        sample = platform.telemetry()
+    finally:
+        platform.restore()
+    info["telemetry_now"] = {k: v for k, v in vars(sample).items() if k != "per_cpu_util_percent"}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(info, expand_all=True))
+    return EXIT_OK
+
+
+def _board_modes_json(name: str) -> dict[str, Any]:
+    from cotrain.power_modes.boards import load_board
+
+    board = load_board(name)
+    return {
+        "board": board.board,
+        "default_id": board.default_mode_id,
+        "modes": [
+            {
+                "id": m.id,
+                "name": m.name,
+                "online_cores": m.online_cores,
+                "cpu_max_mhz": dict(m.cpu_max_mhz),
+                "gpu_max_mhz": m.gpu_max_mhz,
+                "tpc_pg_mask": m.tpc_pg_mask,
+                "emc_max_mhz": m.emc_max_mhz,
+                "fbp_pg_mask": m.fbp_pg_mask,
+                "needs_reboot_from_default": m.needs_reboot_from_default,
+            }
+            for m in board.modes
+        ],
+    }
+
+
+def cmd_modes_list(args: argparse.Namespace) -> int:
+    if args.board and args.nvpmodel_conf:
+        _err("give --board or --nvpmodel-conf, not both")
+        return EXIT_BAD_INPUT
+    if args.nvpmodel_conf:
+        from cotrain.power_modes.nvpmodel import NvpmodelParseError, modes_json, parse_nvpmodel
+
+        try:
+            data = modes_json(
+                parse_nvpmodel(Path(args.nvpmodel_conf).read_text(encoding="utf-8", errors="replace"))
+            )
+        except OSError as exc:
+            _err(f"cannot read {args.nvpmodel_conf}: {exc.strerror or exc}")
+            return EXIT_BAD_INPUT
+        except NvpmodelParseError as exc:
+            _err(f"{args.nvpmodel_conf}: {exc}")
+            return EXIT_BAD_INPUT
+    elif args.board:
+        from cotrain.power_modes.boards import list_boards
+
+        if args.board not in list_boards():
+            _err(f"unknown board {args.board!r}; known: {', '.join(list_boards())}")
+            return EXIT_BAD_INPUT
+        data = _board_modes_json(args.board)
+    else:
+        platform = _platform_from_args(args)
+        try:
+            current = platform.current_power_mode()
+            data = {
+                "platform": platform.name,
+                "current": None if current is None else current.name,
+                "modes": [vars(m) for m in platform.power_modes()],
+            }
+        finally:
+            platform.restore()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"power modes ({data.get('board') or data.get('platform') or args.nvpmodel_conf})"
+    table = Table(title=title)
+    detailed = "cpu_max_mhz" in data["modes"][0] if data["modes"] else False
+    columns = ("id", "name", "cores", "CPU max MHz", "GPU max MHz", "EMC max MHz", "TPC mask", "reboot?")
+    for column in columns if detailed else ("id", "name", "cores", "what it does"):
+        table.add_column(column)
+    for m in data["modes"]:
+        if not detailed:
+            table.add_row(str(m["id"]), m["name"], str(m["online_cores"]), m.get("detail", ""))
+            continue
+        caps = sorted({_mhz(v) for v in m["cpu_max_mhz"].values()})
+        reboot = m.get("needs_reboot_from_default")
+        table.add_row(
+            str(m["id"]),
+            m["name"],
+            str(m["online_cores"]),
+            " / ".join(caps) or "-",
+            _mhz(m["gpu_max_mhz"]),
+            _mhz(m.get("emc_max_mhz")),
+            str(m["tpc_pg_mask"]),
+            "-" if reboot is None else ("yes" if reboot else "no"),
+        )
+    Console().print(table)
+    if detailed:
+        print(f"default mode: {data['default_id']}; 'reboot?' is relative to the default mode")
+    return EXIT_OK
+
+
+def _mhz(value: float | None) -> str:
+    return "max" if value is None else f"{value:g}"
+
+
+def cmd_parse_tegrastats(args: argparse.Namespace) -> int:
+    from cotrain.platform.tegrastats import parse_tegrastats_lines, sample_json
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        _err(f"cannot read {args.file}: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    samples, skipped = parse_tegrastats_lines(text.splitlines())
+    print(f"cotrain: {len(samples)} samples, {skipped} other line(s) skipped", file=sys.stderr)
+    rows = [sample_json(s) for s in samples]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=args.file)
+    for column in ("ram MB", "cpu load %", "gpu %", "gpu MHz", "rails mW"):
+        table.add_column(column)
+    for r in rows:
+        cpus = [c for c in r["cpu"] if c is not None]  # type: ignore[attr-defined]
+        load = sum(c["load_pct"] for c in cpus) / len(cpus) if cpus else None
+        table.add_row(
+            f"{r['ram_used_mb']}/{r['ram_total_mb']}",
+            "-" if load is None else f"{load:.0f}",
+            str(r["gpu_load_pct"]),
+            str(r["gpu_freq_mhz"]),
+            ", ".join(f"{k} {v:g}" for k, v in r["rails_mw"].items()),  # type: ignore[attr-defined]
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def _add_platform_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=("host", "jetson"), help="default: detected")
+    parser.add_argument("--root", default="/", help="filesystem root to read the device from (for fakes)")
+    parser.add_argument("--nvpmodel", default="nvpmodel", help="nvpmodel binary")
+    parser.add_argument("--tegrastats", default="tegrastats", help="tegrastats binary")
+    parser.add_argument(
+        "--nvpmodel-conf", dest="nvpmodel_conf", help="nvpmodel.conf (default <root>/etc/nvpmodel.conf)"
+    )
+    parser.add_argument("--no-jtop", action="store_true", help="do not try jtop.service")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cotrain",
@@ -142,12 +370,39 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("run_dir")
     summary.add_argument("--check", action="store_true", help="compare with the stored summary.json")
     summary.set_defaults(func=cmd_summary)
+
+    platform = sub.add_parser("platform", help="the device cotrain runs on")
+    platform_sub = platform.add_subparsers(dest="platform_command", required=True)
+    info = platform_sub.add_parser("info", help="what was detected and what is supported")
+    _add_platform_args(info)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_platform_info)
+
+    modes = sub.add_parser("modes", help="power modes")
+    modes_sub = modes.add_subparsers(dest="modes_command", required=True)
+    listing = modes_sub.add_parser("list", help="list power modes of this device, a board table or a file")
+    source = listing.add_mutually_exclusive_group()
+    source.add_argument("--board", help="a board table name (e.g. agx-orin-64gb)")
+    _add_platform_args(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_modes_list)
+
+    telemetry = sub.add_parser("telemetry", help="telemetry tools")
+    telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", required=True)
+    parse = telemetry_sub.add_parser("parse-tegrastats", help="parse a file of tegrastats output")
+    parse.add_argument("file")
+    parse.add_argument("--json", action="store_true")
+    parse.set_defaults(func=cmd_parse_tegrastats)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:  # `cotrain ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     return code
 
 

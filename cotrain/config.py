@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cotrain.yaml_source import YamlDocument, load_yaml_document
 
@@ -179,6 +188,7 @@ class TrainingKnobsConfig(StrictModel):
 class KnobChangesConfig(StrictModel):
     inference: InferenceKnobsConfig | None = None
     training: dict[str, TrainingKnobsConfig] = Field(default_factory=dict)
+    power_mode: str | int | None = Field(None, description="a power mode name or id of the platform")
 
 
 class ScheduleStepConfig(StrictModel):
@@ -207,10 +217,48 @@ ControllerConfig = Annotated[StaticControllerConfig | ScheduleControllerConfig, 
 # --- platform and output ------------------------------------------------------------------------
 
 
-class PlatformConfig(StrictModel):
-    """Which device backend drives placement and telemetry. Only `host` exists so far."""
+class PlatformBase(StrictModel):
+    power_mode: str | int | None = Field(
+        None, description="mode to run in (name or id); default: leave as found"
+    )
+    power_policy: str | None = Field(
+        None, description="power-mode policy YAML (allowed modes, budget, dwell)"
+    )
+
+
+class HostPlatformConfig(PlatformBase):
+    """Any Linux host: affinity placement; power modes emulated by core sets and CPU quota."""
 
     kind: Literal["host"] = "host"
+    cpu_quota: bool = Field(
+        True, description="offer CPU-quota modes where a cgroup CPU controller is writable"
+    )
+
+
+class JetsonPlatformConfig(PlatformBase):
+    """A Jetson. Paths default to a real board's; tests point them at fakes."""
+
+    kind: Literal["jetson"]
+    root: str = "/"
+    nvpmodel: str = "nvpmodel"
+    tegrastats: str = "tegrastats"
+    nvpmodel_conf: str | None = Field(None, description="default: <root>/etc/nvpmodel.conf")
+    jtop: bool = Field(True, description="use jetson-stats' jtop.service when it answers")
+    telemetry_interval_ms: int = Field(500, ge=10, le=60_000)
+
+
+def _platform_kind(value: Any) -> str:
+    """`kind` defaults to host, so `platform: {power_mode: 1core}` is enough on a host."""
+    if isinstance(value, dict):
+        kind = value.get("kind", "host")
+        return kind if isinstance(kind, str) else "invalid"
+    return str(getattr(value, "kind", "host"))
+
+
+PlatformConfig = Annotated[
+    Annotated[HostPlatformConfig, Tag("host")] | Annotated[JetsonPlatformConfig, Tag("jetson")],
+    Discriminator(_platform_kind),
+]
 
 
 class OutputConfig(StrictModel):
@@ -221,7 +269,7 @@ class ExperimentConfig(StrictModel):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = 0
     duration_s: float = Field(gt=0, le=7 * 24 * 3600)
-    platform: PlatformConfig = PlatformConfig()
+    platform: PlatformConfig = HostPlatformConfig(kind="host")
     controller: ControllerConfig = StaticControllerConfig(name="static")
     workloads: WorkloadsConfig
     output: OutputConfig = OutputConfig()

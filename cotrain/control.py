@@ -40,6 +40,7 @@ class TrainingKnobs:
 class Knobs:
     inference: InferenceKnobs | None
     training: Mapping[str, TrainingKnobs] = field(default_factory=_frozen_map)
+    power_mode: str | None = None  # None: the platform has no modes, or it was never read
 
     def apply(self, action: Action) -> Knobs:
         """The knob settings after `action` (which is assumed already bounded)."""
@@ -50,7 +51,8 @@ class Knobs:
         for job, change in action.training.items():
             if job in training:
                 training[job] = replace(training[job], **change.changes())
-        return Knobs(inference=inference, training=_frozen_map(training))
+        power_mode = action.power_mode if action.power_mode is not None else self.power_mode
+        return Knobs(inference=inference, training=_frozen_map(training), power_mode=power_mode)
 
 
 # --- changes -------------------------------------------------------------------------------------
@@ -84,11 +86,13 @@ class Action:
 
     inference: InferenceChange | None = None
     training: Mapping[str, TrainingChange] = field(default_factory=_frozen_map)
+    power_mode: str | None = None  # a mode name of the platform
     reason: str = ""
 
     def is_empty(self) -> bool:
         inference_empty = self.inference is None or not self.inference.changes()
-        return inference_empty and all(not c.changes() for c in self.training.values())
+        training_empty = all(not c.changes() for c in self.training.values())
+        return inference_empty and training_empty and self.power_mode is None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready form: only the knobs that change."""
@@ -98,6 +102,8 @@ class Action:
         training = {job: _jsonable(c.changes()) for job, c in self.training.items() if c.changes()}
         if training:
             record["training"] = training
+        if self.power_mode is not None:
+            record["power_mode"] = self.power_mode
         return record
 
 
@@ -154,3 +160,8 @@ class Observation:
     training: Mapping[str, TrainingWindow]
     cpu_util_percent: float | None
     cpu_count: int
+    power_w: float | None = None
+    power_budget_w: float | None = None
+    temperature_c: float | None = None
+    gpu_util_percent: float | None = None
+    power_mode: str | None = None  # as the platform reports it

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cotrain.config import DatasetConfig, ExperimentConfig, ImageFolderDatasetConfig, ModelConfig
+from cotrain.platform.base import Platform
 
 
 def _model_problems(path: str, model: ModelConfig, known: frozenset[str]) -> list[str]:
@@ -40,8 +41,48 @@ def _cpu_problems(path: str, cpus: list[int] | None, available: tuple[int, ...])
     return []
 
 
-def preflight(config: ExperimentConfig, available_cpus: tuple[int, ...]) -> list[str]:
+def _power_problems(config: ExperimentConfig, platform: Platform) -> list[str]:
+    """The initial mode must exist and switch live; a policy file must be valid for this device."""
+    problems: list[str] = []
+    modes = platform.power_modes()
+    names = {m.name: m for m in modes} | {str(m.id): m for m in modes}
+    wanted = config.platform.power_mode
+    if wanted is not None:
+        mode = names.get(str(wanted))
+        if not modes:
+            problems.append(f"platform.power_mode: this {platform.name} platform offers no power modes")
+        elif mode is None:
+            known = ", ".join(f"{m.name} ({m.id})" for m in modes)
+            problems.append(f"platform.power_mode: no mode {wanted!r} here; available: {known}")
+        elif mode.needs_reboot:
+            problems.append(
+                f"platform.power_mode: {mode.name} needs a reboot from the current mode; "
+                "cotrain never reboots"
+            )
+    if config.platform.power_policy is not None:
+        from cotrain.config import ConfigError
+        from cotrain.power_modes.policy import load_power_policy
+
+        try:
+            policy = load_power_policy(config.platform.power_policy)
+        except ConfigError as exc:
+            return problems + [f"platform.power_policy: {line}" for line in exc.lines]
+        for allowed in policy.allowed_modes or ():
+            mode = names.get(str(allowed))
+            if mode is None:
+                problems.append(f"platform.power_policy: allowed mode {allowed!r} does not exist here")
+            elif mode.needs_reboot and not policy.allow_reboot_modes:
+                problems.append(
+                    f"platform.power_policy: allowed mode {mode.name} needs a reboot "
+                    "but allow_reboot_modes is false"
+                )
+    return problems
+
+
+def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
     from cotrain.workloads.models import classification_model_names
+
+    available_cpus = platform.cpu_ids()
 
     known = classification_model_names()
     problems: list[str] = []
@@ -55,4 +96,5 @@ def preflight(config: ExperimentConfig, available_cpus: tuple[int, ...]) -> list
         problems += _model_problems(where, job.model, known)
         problems += _dataset_problems(where, job.dataset)
         problems += _cpu_problems(where, job.cpus, available_cpus)
+    problems += _power_problems(config, platform)
     return problems

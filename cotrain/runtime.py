@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -26,7 +26,7 @@ from cotrain.config import ExperimentConfig, dump_config
 from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs
 from cotrain.controllers.base import Policy
 from cotrain.controllers.registry import build_policy
-from cotrain.controllers.wrappers import Bounded, KnobBounds
+from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, PowerModeRules
 from cotrain.messages import (
     Applied,
     Finished,
@@ -42,7 +42,7 @@ from cotrain.messages import (
     WorkerFailed,
 )
 from cotrain.observe import build_observation
-from cotrain.platform.base import Platform
+from cotrain.platform.base import Platform, PowerModeError
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
 from cotrain.summary import compute_summary
@@ -50,7 +50,17 @@ from cotrain.supervisor import Supervisor
 
 INFERENCE = "inference"
 READY_TIMEOUT_S = 600.0
-TELEMETRY_COLUMNS = ("t_s", "cpu_util_percent", "memory_used_mb", "power_w", "temperature_c")
+TELEMETRY_COLUMNS = (
+    "t_s",
+    "source",
+    "power_mode",
+    "cpu_util_percent",
+    "gpu_util_percent",
+    "gpu_freq_mhz",
+    "memory_used_mb",
+    "power_w",
+    "temperature_c",
+)
 
 
 def train_worker(job: str) -> str:
@@ -92,7 +102,9 @@ def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
     return Knobs(inference=inference, training=training)
 
 
-def knob_bounds(config: ExperimentConfig, cpus: tuple[int, ...]) -> KnobBounds:
+def knob_bounds(
+    config: ExperimentConfig, cpus: tuple[int, ...], power_modes: frozenset[str] | None = None
+) -> KnobBounds:
     inference = config.workloads.inference
     capacity = inference.queue_capacity if inference else 1
     return KnobBounds(
@@ -102,6 +114,7 @@ def knob_bounds(config: ExperimentConfig, cpus: tuple[int, ...]) -> KnobBounds:
         num_workers=(0, max(0, 2 * len(cpus))),
         cpus=cpus,
         jobs=frozenset(job.name for job in config.workloads.training),
+        power_modes=power_modes,
     )
 
 
@@ -113,6 +126,7 @@ class Runtime:
         platform: Platform,
         *,
         policy: Policy | None = None,
+        power_rules: PowerModeRules | None = None,
         clock: Clock | None = None,
         log: Any = None,
     ) -> None:
@@ -121,8 +135,21 @@ class Runtime:
         self.platform = platform
         self.clock = clock or MonotonicClock()
         self.cpus = platform.cpu_ids()
-        self.knobs = initial_knobs(config, len(self.cpus))
-        self.policy = Bounded(policy or build_policy(config.controller), knob_bounds(config, self.cpus))
+        modes = platform.power_modes()
+        current = platform.current_power_mode()
+        self.knobs = replace(
+            initial_knobs(config, len(self.cpus)), power_mode=current.name if current else None
+        )
+        self.power_rules = power_rules or PowerModeRules(
+            order=tuple(m.name for m in modes),
+            needs_reboot=frozenset(m.name for m in modes if m.needs_reboot),
+        )
+        mode_names = frozenset(m.name for m in modes) if modes else None
+        self.policy = PowerModeGuard(
+            Bounded(policy or build_policy(config.controller), knob_bounds(config, self.cpus, mode_names)),
+            self.power_rules,
+        )
+        self._last_sample: Any = None
         self.supervisor = Supervisor(
             run_dir, env={"TORCHINDUCTOR_CACHE_DIR": str(run_dir.path / ".inductor-cache")}
         )
@@ -230,14 +257,37 @@ class Runtime:
                 self.supervisor.send(worker, SetPaused(changes["paused"]))
             if "cpus" in changes:
                 self._place(worker, after.training[job].cpus)
-        self.knobs = after
+        power_mode = self.knobs.power_mode
+        self.knobs = replace(after, power_mode=power_mode)
+        if action.power_mode is not None:
+            self._set_power_mode(action.power_mode, action.reason)
+
+    def _set_power_mode(self, mode: str | int, reason: str) -> bool:
+        try:
+            info = self.platform.set_power_mode(mode)
+        except PowerModeError as exc:
+            self.event("power_mode_refused", mode=str(mode), reason=str(exc))
+            self._log(f"[yellow]power mode {mode} refused: {exc}[/yellow]")
+            return False
+        self.knobs = replace(self.knobs, power_mode=info.name)
+        self.event(
+            "power_mode_set", mode=info.name, id=info.id, reason=reason, cpus=list(self.platform.cpu_ids())
+        )
+        return True
 
     def _place(self, worker: str, cpus: tuple[int, ...] | None) -> None:
         pid = self.supervisor.workers[worker].pid
         if pid is None:
             return
         self.platform.place(pid, cpus)
-        self.event("placed", worker=worker, pid=pid, cpus=list(cpus) if cpus else list(self.cpus))
+        try:
+            now = sorted(os.sched_getaffinity(pid))  # read back: what the kernel really applied
+        except OSError:
+            now = []
+        self.event(
+            "placed", worker=worker, pid=pid, cpus=list(cpus) if cpus else list(self.cpus), affinity_now=now
+        )
+        self._log(f"  {worker} placed on CPUs {now}")
 
     def _tick(self, window_s: float, state: Any) -> Any:
         sample = self.platform.telemetry()
@@ -247,10 +297,14 @@ class Runtime:
                 [
                     (
                         f"{now_s:.3f}",
-                        sample.cpu_util_percent,
-                        sample.memory_used_mb,
-                        sample.power_w,
-                        sample.temperature_c,
+                        sample.source,
+                        sample.power_mode or "",
+                        _num(sample.cpu_util_percent),
+                        _num(sample.gpu_util_percent),
+                        _num(sample.gpu_freq_mhz),
+                        _num(sample.memory_used_mb),
+                        _num(sample.power_w),
+                        _num(sample.temperature_c),
                     )
                 ]
             )
@@ -264,6 +318,14 @@ class Runtime:
             training_stats=self._training_stats,
             cpu_util_percent=sample.cpu_util_percent,
             cpu_count=len(self.cpus),
+        )
+        obs = replace(
+            obs,
+            power_w=sample.power_w,
+            power_budget_w=self.power_rules.power_budget_w,
+            temperature_c=sample.temperature_c,
+            gpu_util_percent=sample.gpu_util_percent,
+            power_mode=sample.power_mode,
         )
         self._inference_stats = []
         self._training_stats = {job: [] for job in self._training_stats}
@@ -317,6 +379,8 @@ class Runtime:
             )
         for handle in self.supervisor.workers.values():
             self.event("worker_spawned", worker=handle.name, pid=handle.pid)
+            if handle.pid is not None:
+                self.platform.attach(handle.pid)
 
     def _wait_ready(self) -> None:
         pending = set(self.supervisor.workers)
@@ -386,6 +450,9 @@ class Runtime:
                     self._log(f"started {len(self.supervisor.workers)} workload process(es), loading models")
                     self._wait_ready()
                     self._apply_initial_placement()
+                    mode = self.config.platform.power_mode
+                    if mode is not None and not self._set_power_mode(mode, "initial power mode from config"):
+                        raise RunFailed(f"could not set the initial power mode {mode!r}")
                     self._t0_ns = self.clock.now_ns()
                     self.event("run_started", duration_s=self.config.duration_s)
                     self._decide_record(0.0, Action(reason="initial knobs from config"))
@@ -443,3 +510,7 @@ def _knobs_record(knobs: Knobs) -> dict[str, Any]:
         record["inference"] = asdict(knobs.inference)
     record["training"] = {job: asdict(t) for job, t in knobs.training.items()}
     return record
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"

@@ -1,9 +1,5 @@
 """Any Linux host: placement by CPU affinity, telemetry from psutil, emulated power modes.
 
-Affinity on Linux is per thread. Torch's worker threads and DataLoader worker processes exist
-before a live placement change, so `place` walks every task (thread) of the process and of its
-descendants; threads created later inherit the mask of their creator.
-
 A host has no nvpmodel, so "power modes" are emulated with the two levers a host does have over
 cotrain's own workloads:
 - an online-core set: the workloads may only use the first N of cotrain's CPUs (applied through
@@ -14,18 +10,15 @@ Mode 0 is always "all cores, no quota", i.e. the state cotrain found; `restore` 
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 
 from cotrain.platform.base import PowerModeError, PowerModeInfo, TelemetrySample
 from cotrain.platform.cgroup import CgroupError, CgroupLayout, CpuQuotaGroup, detect_layout
-
-SetAffinity = Callable[[int, Iterable[int]], None]
-GetAffinity = Callable[[int], set[int]]
+from cotrain.platform.placement import AffinityPlacer, GetAffinity, SetAffinity
 
 QUOTA_STEPS_PCT = (75, 50, 25)
 
@@ -59,11 +52,9 @@ class HostPlatform:
         enable_quota: bool = True,
     ) -> None:
         self._proc_root = proc_root
-        self._set_affinity = set_affinity
-        self._get_affinity = get_affinity
+        self._placer = AffinityPlacer(proc_root, set_affinity, get_affinity)
         self._all_cpus = tuple(sorted(get_affinity(0)))
         self._active_cpus = self._all_cpus
-        self._changed: dict[int, set[int]] = {}  # tid -> affinity before we first changed it
         self._requested: dict[int, tuple[int, ...] | None] = {}  # pid -> cpus asked for by `place`
         layout, self._quota_reason = detect_layout(cgroup_root) if enable_quota else (None, "disabled")
         self._layout: CgroupLayout | None = layout
@@ -86,19 +77,6 @@ class HostPlatform:
         if self._group is not None:
             self._group.add(pid)
 
-    def _tasks(self, pid: int) -> list[int]:
-        try:
-            return [int(t.name) for t in (self._proc_root / str(pid) / "task").iterdir()]
-        except OSError:
-            return []
-
-    def _tree(self, pid: int) -> list[int]:
-        try:
-            children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            children = []
-        return [pid, *children]
-
     def place(self, pid: int, cpus: Sequence[int] | None) -> None:
         requested = tuple(sorted(set(cpus))) if cpus is not None else None
         unknown = set(requested or ()) - set(self._all_cpus)
@@ -107,23 +85,13 @@ class HostPlatform:
                 f"CPUs {sorted(unknown)} are not available here (available: {list(self._all_cpus)})"
             )
         self._requested[pid] = requested
-        self._pin(pid, self._effective(requested))
+        self._placer.pin(pid, self._effective(requested))
 
     def _effective(self, requested: tuple[int, ...] | None) -> set[int]:
         """The requested CPUs within the current mode's core set (all of it if they fall outside)."""
         active = set(self._active_cpus)
         chosen = set(requested or ()) & active
         return chosen or active
-
-    def _pin(self, pid: int, cpus: set[int]) -> None:
-        for proc in self._tree(pid):
-            for tid in self._tasks(proc):
-                try:
-                    before = self._get_affinity(tid)
-                    self._changed.setdefault(tid, before)
-                    self._set_affinity(tid, cpus)
-                except OSError:
-                    continue  # the thread ended between listing and pinning
 
     # --- power modes ---------------------------------------------------------------------------
 
@@ -155,7 +123,7 @@ class HostPlatform:
             raise PowerModeError(f"cannot apply host mode {target.name}: {exc}") from None
         self._active_cpus = self._all_cpus[:cores]
         for pid, requested in self._requested.items():
-            self._pin(pid, self._effective(requested))
+            self._placer.pin(pid, self._effective(requested))
         self._mode = target
         return target
 
@@ -202,10 +170,7 @@ class HostPlatform:
             self._group = None
         self._active_cpus = self._all_cpus
         self._mode = self._modes[0]
-        for tid, before in list(self._changed.items()):
-            with contextlib.suppress(OSError):  # a thread that is gone needs no restoring
-                self._set_affinity(tid, before)
-            del self._changed[tid]
+        self._placer.restore()
 
 
 def _hottest_sensor_c() -> float | None:

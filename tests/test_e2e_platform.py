@@ -1,0 +1,133 @@
+"""`cotrain run` on a platform: host placement really pins the workloads, and on a (fake) Jetson the
+power mode is set, refused when it needs a reboot, and restored after SIGTERM or a worker crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cotrain.records import read_jsonl
+from tests.conftest import REPO
+from tests.fake_tools import FakeNvpmodel, fake_tegrastats
+from tests.jetson_fakes import build_fake_orin_sysfs
+from tests.test_e2e import COTRAIN, run_cli
+from tests.test_jetson_platform import AGX_CONF, MAXN, MODE_50W, ORIN_TEGRASTATS
+
+
+def events(out: Path) -> list[dict[str, Any]]:
+    return list(read_jsonl(out / "events.jsonl"))
+
+
+def start_run(config: Path, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*COTRAIN, "run", str(config), "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_started(proc: subprocess.Popen[str], out: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not any(e.get("event") == "run_started" for e in events(out)):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)  # polling a file another process writes; no assertion depends on timing
+
+
+def jetson_config(tmp_path: Path, tiny: dict[str, Any], **platform: Any) -> tuple[Path, FakeNvpmodel]:
+    root = build_fake_orin_sysfs(tmp_path / "root", online_cpus=12)
+    nvpmodel = FakeNvpmodel(tmp_path / "bin", AGX_CONF, MAXN)
+    tiny["platform"] = {
+        "kind": "jetson",
+        "root": str(root),
+        "nvpmodel": str(nvpmodel.path),
+        "tegrastats": str(fake_tegrastats(tmp_path / "bin", ORIN_TEGRASTATS)),
+        "nvpmodel_conf": str(AGX_CONF),
+        "jtop": False,
+        "telemetry_interval_ms": 100,
+        **platform,
+    }
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    return config, nvpmodel
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_host_placement_puts_each_workload_on_its_cores(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    tiny["workloads"]["inference"]["cpus"] = [first]
+    tiny["workloads"]["training"][0]["cpus"] = [second]
+    tiny["duration_s"] = 2
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "run"
+    result = run_cli("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    placed = {e["worker"]: e["affinity_now"] for e in events(out) if e["event"] == "placed"}
+    assert placed == {"inference": [first], "train:cl": [second]}
+    assert f"inference placed on CPUs [{first}]" in result.stderr
+
+
+def test_jetson_mode_is_set_and_restored_after_sigterm(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    tiny["duration_s"] = 600
+    config, nvpmodel = jetson_config(tmp_path, tiny, power_mode="MODE_50W")
+    out = tmp_path / "run"
+    proc = start_run(config, out)
+    try:
+        wait_started(proc, out)
+        assert nvpmodel.mode_id == MODE_50W
+        deadline = time.monotonic() + 60
+        while len((out / "telemetry.csv").read_text().splitlines()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # wait for two control ticks of telemetry
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    assert nvpmodel.switches() == [MODE_50W, MAXN]
+    assert nvpmodel.mode_id == MAXN
+    names = [e["event"] for e in events(out)]
+    assert names.index("power_mode_set") < names.index("run_started") < names.index("platform_restored")
+    telemetry = (out / "telemetry.csv").read_text().splitlines()
+    assert telemetry[0].startswith("t_s,source,power_mode")
+    assert any(",tegrastats,MODE_50W," in row for row in telemetry[1:])
+
+
+def test_jetson_mode_is_restored_when_a_worker_crashes(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    tiny["duration_s"] = 600
+    config, nvpmodel = jetson_config(tmp_path, tiny, power_mode="MODE_50W")
+    out = tmp_path / "run"
+    proc = start_run(config, out)
+    try:
+        wait_started(proc, out)
+        pid = json.loads((out / "processes.json").read_text())["train:cl"]
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "train:cl exited unexpectedly" in stderr
+    assert nvpmodel.mode_id == MAXN and nvpmodel.switches() == [MODE_50W, MAXN]
+    assert json.loads((out / "summary.json").read_text())["run"]["status"] == "failed"
+
+
+def test_a_reboot_requiring_initial_mode_is_refused_before_anything_starts(
+    tmp_path: Path, tiny: dict[str, Any]
+) -> None:
+    config, nvpmodel = jetson_config(tmp_path, tiny, power_mode="MODE_30W")
+    out = tmp_path / "run"
+    result = run_cli("run", str(config), "--out", str(out))
+    assert result.returncode == 2
+    assert "platform.power_mode: MODE_30W needs a reboot" in result.stderr
+    assert nvpmodel.switches() == [] and not out.exists()
