@@ -1,7 +1,7 @@
 """Safety that every policy gets, so a new policy cannot forget it.
 
 `Bounded` clamps each knob change into the bounds derived from the config and the platform, drops
-changes for unknown jobs or unavailable CPUs, and says what it changed in the action's reason.
+changes for unknown jobs or unavailable CPUs, and records what it changed in the action's notes.
 """
 
 from __future__ import annotations
@@ -74,10 +74,13 @@ def bound_action(action: Action, bounds: KnobBounds) -> Action:
     if power_mode is not None and bounds.power_modes is not None and power_mode not in bounds.power_modes:
         notes.append(f"power mode {power_mode!r} dropped: not offered by this platform")
         power_mode = None
-    reason = action.reason
-    if notes:
-        reason = f"{reason} [bounded: {'; '.join(notes)}]".strip()
-    return Action(inference=inference, training=training, power_mode=power_mode, reason=reason)
+    return Action(
+        inference=inference,
+        training=training,
+        power_mode=power_mode,
+        reason=action.reason,
+        notes=(*action.notes, *notes),
+    )
 
 
 class Bounded:
@@ -115,7 +118,7 @@ class PowerModeRules:
 class PowerModeGuard:
     """Wraps any policy: a power-mode change passes only if allowed, reboot-free (unless the
     policy says otherwise), after the dwell time since the last switch, and never upwards while
-    measured power is over the budget. Refusals are explained in the action's reason."""
+    measured power is over the budget. Refusals are explained in the action's notes."""
 
     def __init__(self, policy: Policy, rules: PowerModeRules) -> None:
         self.policy = policy
@@ -158,7 +161,7 @@ class PowerModeGuard:
             return replace(action, power_mode=None), (inner, last_switch_s)
         refusal = self._refusal(mode, obs, last_switch_s)
         if refusal is not None:
-            return replace(action, power_mode=None, reason=f"{action.reason} [{refusal}]".strip()), (
+            return replace(action, power_mode=None, notes=(*action.notes, refusal)), (
                 inner,
                 last_switch_s,
             )

@@ -88,6 +88,7 @@ class Action:
     training: Mapping[str, TrainingChange] = field(default_factory=_frozen_map)
     power_mode: str | None = None  # a mode name of the platform
     reason: str = ""
+    notes: tuple[str, ...] = ()  # what the safety wrappers changed or refused, and why
 
     def is_empty(self) -> bool:
         inference_empty = self.inference is None or not self.inference.changes()

@@ -332,6 +332,7 @@ class Runtime:
         action, state = self.policy.decide(obs, state)
         if not action.is_empty():
             self.actuate(action)
+        if not action.is_empty() or action.notes:
             self._decide_record(now_s, action)
         return state
 
@@ -343,6 +344,7 @@ class Runtime:
                     "policy": self.policy.name,
                     "action": action.to_record(),
                     "reason": action.reason,
+                    "notes": list(action.notes),
                     "knobs": _knobs_record(self.knobs),
                 }
             )

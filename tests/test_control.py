@@ -20,7 +20,7 @@ from cotrain.control import (
 from cotrain.controllers.contract import PolicyContractError, check_policy
 from cotrain.controllers.registry import build_policy, registered_policies
 from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
-from cotrain.controllers.wrappers import KnobBounds, bound_action
+from cotrain.controllers.wrappers import KnobBounds, PowerModeGuard, PowerModeRules, bound_action
 from cotrain.runtime import initial_knobs, knob_bounds
 from tests.conftest import TINY
 
@@ -69,9 +69,10 @@ def test_bounds_clamp_and_explain() -> None:
     bounded = bound_action(action, BOUNDS)
     assert bounded.inference == InferenceChange(max_batch_size=64, threads=1, cpus=None)
     assert set(bounded.training) == {"cl"} and bounded.training["cl"].num_workers == 4
+    notes = " | ".join(bounded.notes)
     for note in ("max_batch_size 1000 clamped to 64", "cpus [0, 7] dropped", "unknown training job 'ghost'"):
-        assert note in bounded.reason
-    assert bounded.reason.startswith("greedy [bounded: ")
+        assert note in notes
+    assert bounded.reason == "greedy"
 
 
 def test_schedule_applies_due_steps_in_order_and_only_once() -> None:
@@ -135,3 +136,74 @@ def test_the_contract_checker_catches_a_nondeterministic_policy() -> None:
 
     with pytest.raises(PolicyContractError, match="not deterministic"):
         check_policy(Flaky(), [obs(0.0)], BOUNDS)
+
+
+# --- the power-mode guard ------------------------------------------------------------------------
+
+
+class WantsMode:
+    """A policy that always asks for one mode."""
+
+    name = "wants"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(self, o: Observation, state: None) -> tuple[Action, None]:
+        return Action(power_mode=self.mode, reason="want"), None
+
+
+def mode_obs(t: float, current: str, power_w: float | None = None) -> Observation:
+    from dataclasses import replace
+
+    return replace(obs(t), knobs=replace(KNOBS, power_mode=current), power_w=power_w)
+
+
+RULES = PowerModeRules(
+    order=("MAXN", "MODE_50W", "MODE_30W", "MODE_15W"), needs_reboot=frozenset({"MODE_30W"})
+)
+
+
+def replace_rules(**changes: Any) -> PowerModeRules:
+    from dataclasses import replace
+
+    return replace(RULES, **changes)
+
+
+@pytest.mark.parametrize(
+    ("rules", "mode", "current", "power_w", "note"),
+    [
+        (RULES, "TURBO", "MAXN", None, "does not exist"),
+        (
+            replace_rules(allowed=frozenset({"MAXN"})),
+            "MODE_50W",
+            "MAXN",
+            None,
+            "not in the policy's allowed modes",
+        ),
+        (RULES, "MODE_30W", "MAXN", None, "needs a reboot"),
+        (replace_rules(power_budget_w=30.0), "MAXN", "MODE_50W", 35.0, "over the 30 W budget"),
+    ],
+)
+def test_power_mode_guard_refuses_with_a_note(
+    rules: PowerModeRules, mode: str, current: str, power_w: float | None, note: str
+) -> None:
+    guard = PowerModeGuard(WantsMode(mode), rules)
+    action, _ = guard.decide(mode_obs(10.0, current, power_w), guard.initial_state())
+    assert action.power_mode is None
+    assert note in " ".join(action.notes)
+
+
+def test_power_mode_guard_allows_stepping_down_over_budget_and_enforces_dwell() -> None:
+    guard = PowerModeGuard(WantsMode("MODE_50W"), replace_rules(power_budget_w=30.0, min_dwell_s=5.0))
+    state = guard.initial_state()
+    action, state = guard.decide(mode_obs(1.0, "MAXN", power_w=40.0), state)
+    assert action.power_mode == "MODE_50W"
+    guard.policy = WantsMode("MAXN")
+    action, state = guard.decide(mode_obs(3.0, "MODE_50W", power_w=10.0), state)
+    assert action.power_mode is None and "dwell" in action.notes[0]
+    action, state = guard.decide(mode_obs(6.5, "MODE_50W", power_w=10.0), state)
+    assert action.power_mode == "MAXN"

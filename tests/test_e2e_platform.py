@@ -131,3 +131,37 @@ def test_a_reboot_requiring_initial_mode_is_refused_before_anything_starts(
     assert result.returncode == 2
     assert "platform.power_mode: MODE_30W needs a reboot" in result.stderr
     assert nvpmodel.switches() == [] and not out.exists()
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) != 2, reason="the policy file names the modes of a 2-CPU host"
+)
+def test_host_power_modes_switch_live_under_the_policy_guard(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    from cotrain.platform.cgroup import detect_layout
+
+    quota = detect_layout()[0] is not None
+    tiny["duration_s"] = 3
+    tiny["platform"] = {"kind": "host", "power_policy": str(REPO / "experiments" / "host-power-policy.yaml")}
+    tiny["controller"] = {
+        "name": "schedule",
+        "period_s": 0.1,
+        "steps": [
+            {"at_s": 0.5, "set": {"power_mode": "1core"}},
+            {"at_s": 0.7, "set": {"power_mode": "2core"}},  # within the 1 s dwell: held back
+            {"at_s": 1.8, "set": {"power_mode": "2core-50pct" if quota else "2core"}},
+            {"at_s": 2.9, "set": {"power_mode": "1core-25pct" if quota else "1core"}},
+        ],
+    }
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "run"
+    result = run_cli("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    switched = [(e["mode"], e["cpus"]) for e in events(out) if e["event"] == "power_mode_set"]
+    assert switched[0] == ("1core", [0])
+    assert switched[1][0] == ("2core-50pct" if quota else "2core")
+    reasons = " ".join(" ".join(d["notes"]) for d in read_jsonl(out / "decisions.jsonl"))
+    assert "held back: 1 s dwell" in reasons
+    if quota:
+        assert "'1core-25pct' is not in the policy's allowed modes" in reasons
+        assert not list(Path("/sys/fs/cgroup/cpu").glob("cotrain-*")), "cotrain's cgroup is removed on exit"
