@@ -32,6 +32,10 @@ def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
             cpus=tuple(t.cpus) if t.cpus is not None else None,
             num_workers=t.num_workers,
             paused=t.paused,
+            batch_size=t.batch_size,
+            duty_cycle=t.duty_cycle,
+            gate_policy=t.interleave.policy if t.interleave is not None else None,
+            gate_max_wait_ms=t.interleave.max_wait_ms if t.interleave is not None else None,
         )
         for job, t in changes.training.items()
     }

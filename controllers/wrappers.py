@@ -24,6 +24,8 @@ class KnobBounds:
     cpus: tuple[int, ...]
     jobs: frozenset[str]
     power_modes: frozenset[str] | None = None  # names the platform offers; None: no modes
+    batch_size: tuple[int, int] = (1, 65_536)
+    duty_cycle: tuple[float, float] = (0.05, 1.0)
 
 
 def _clamp(name: str, value: N | None, lo: N, hi: N, notes: list[str]) -> N | None:
@@ -69,6 +71,10 @@ def bound_action(action: Action, bounds: KnobBounds) -> Action:
             cpus=_cpus(f"{job} cpus", t.cpus, bounds.cpus, notes),
             num_workers=_clamp(f"{job} num_workers", t.num_workers, *bounds.num_workers, notes),
             paused=t.paused,
+            batch_size=_clamp(f"{job} batch_size", t.batch_size, *bounds.batch_size, notes),
+            duty_cycle=_clamp(f"{job} duty_cycle", t.duty_cycle, *bounds.duty_cycle, notes),
+            gate_policy=t.gate_policy if t.gate_policy in (None, "off", "yield") else None,
+            gate_max_wait_ms=t.gate_max_wait_ms,
         )
     power_mode = action.power_mode
     if power_mode is not None and bounds.power_modes is not None and power_mode not in bounds.power_modes:

@@ -139,6 +139,13 @@ class InferenceConfig(PlacementMixin):
 # --- training -----------------------------------------------------------------------------------
 
 
+class InterleaveConfig(StrictModel):
+    """How a training loop treats the interleaving gate (see cotrain/gate.py)."""
+
+    policy: Literal["off", "yield"] = "off"
+    max_wait_ms: float | None = Field(None, gt=0, le=60_000, description="with yield: wait at most this long")
+
+
 class TrainingJobConfig(PlacementMixin):
     name: str = Field(pattern=JOB_NAME_PATTERN)
     model: ModelConfig
@@ -150,6 +157,8 @@ class TrainingJobConfig(PlacementMixin):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
     checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
     paused: bool = Field(False, description="start paused")
+    duty_cycle: float = Field(1.0, gt=0, le=1, description="fraction of wall time spent training")
+    interleave: InterleaveConfig = InterleaveConfig()
     stats_period_s: float = Field(0.5, gt=0, le=60)
 
 
@@ -183,6 +192,9 @@ class TrainingKnobsConfig(StrictModel):
     cpus: list[int] | None = Field(None, min_length=1)
     num_workers: int | None = Field(None, ge=0, le=64)
     paused: bool | None = None
+    batch_size: int | None = Field(None, ge=1, le=65_536)
+    duty_cycle: float | None = Field(None, gt=0, le=1)
+    interleave: InterleaveConfig | None = None
 
 
 class KnobChangesConfig(StrictModel):

@@ -34,6 +34,10 @@ class TrainingKnobs:
     cpus: tuple[int, ...] | None
     num_workers: int
     paused: bool
+    batch_size: int = 32
+    duty_cycle: float = 1.0
+    gate_policy: str = "off"  # "off" | "yield"
+    gate_max_wait_ms: float | None = None  # with "yield"; None: wait as long as inference is busy
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class TrainingChange:
     cpus: tuple[int, ...] | None = None
     num_workers: int | None = None
     paused: bool | None = None
+    batch_size: int | None = None
+    duty_cycle: float | None = None
+    gate_policy: str | None = None
+    gate_max_wait_ms: float | None = None  # applies together with gate_policy
 
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

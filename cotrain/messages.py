@@ -45,7 +45,33 @@ class SetPaused:
     paused: bool
 
 
-Command = Start | Stop | SetBatching | SetThreads | SetNumWorkers | SetPaused
+@dataclass(frozen=True)
+class SetBatchSize:
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class SetDutyCycle:
+    duty_cycle: float
+
+
+@dataclass(frozen=True)
+class SetInterleave:
+    policy: str  # "off" | "yield"
+    max_wait_ms: float | None
+
+
+Command = (
+    Start
+    | Stop
+    | SetBatching
+    | SetThreads
+    | SetNumWorkers
+    | SetPaused
+    | SetBatchSize
+    | SetDutyCycle
+    | SetInterleave
+)
 
 
 # --- worker -> runtime ---------------------------------------------------------------------------

@@ -37,6 +37,8 @@ TRAIN_COLUMNS = (
     "batch_size",
     "num_workers",
     "threads",
+    "gate_wait_ms",
+    "idle_ms",
 )
 
 

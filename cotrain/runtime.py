@@ -27,6 +27,7 @@ from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs
 from cotrain.controllers.base import Policy
 from cotrain.controllers.registry import build_policy
 from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, PowerModeRules
+from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
     Finished,
@@ -34,6 +35,9 @@ from cotrain.messages import (
     Ready,
     Report,
     SetBatching,
+    SetBatchSize,
+    SetDutyCycle,
+    SetInterleave,
     SetNumWorkers,
     SetPaused,
     SetThreads,
@@ -96,6 +100,10 @@ def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
             cpus=tuple(job.cpus) if job.cpus else None,
             num_workers=job.num_workers,
             paused=job.paused,
+            batch_size=job.batch_size,
+            duty_cycle=job.duty_cycle,
+            gate_policy=job.interleave.policy,
+            gate_max_wait_ms=job.interleave.max_wait_ms,
         )
         for job in workloads.training
     }
@@ -154,6 +162,7 @@ class Runtime:
             run_dir, env={"TORCHINDUCTOR_CACHE_DIR": str(run_dir.path / ".inductor-cache")}
         )
         self._log = log or (lambda message: None)
+        self.gate = InterleavingGate(self.supervisor.ctx)
         self._events: JsonlAppender | None = None
         self._decisions: JsonlAppender | None = None
         self._telemetry: CsvAppender | None = None
@@ -255,6 +264,13 @@ class Runtime:
                 self.supervisor.send(worker, SetNumWorkers(changes["num_workers"]))
             if "paused" in changes:
                 self.supervisor.send(worker, SetPaused(changes["paused"]))
+            if "batch_size" in changes:
+                self.supervisor.send(worker, SetBatchSize(changes["batch_size"]))
+            if "duty_cycle" in changes:
+                self.supervisor.send(worker, SetDutyCycle(changes["duty_cycle"]))
+            if "gate_policy" in changes:
+                knobs = after.training[job]
+                self.supervisor.send(worker, SetInterleave(knobs.gate_policy, change.gate_max_wait_ms))
             if "cpus" in changes:
                 self._place(worker, after.training[job].cpus)
         power_mode = self.knobs.power_mode
@@ -365,6 +381,7 @@ class Runtime:
                     str(self.run_dir.requests_csv),
                     self.knobs.inference.threads,
                     config.seed,
+                    self.gate,
                 ),
             )
         for job in config.workloads.training:
@@ -377,6 +394,7 @@ class Runtime:
                     str(self.run_dir.checkpoints(job.name)),
                     self.knobs.training[job.name].threads,
                     config.seed,
+                    self.gate,
                 ),
             )
         for handle in self.supervisor.workers.values():

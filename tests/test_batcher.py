@@ -156,3 +156,19 @@ def test_flush_dispatches_partial_batches_at_stop() -> None:
     assert q.next_batch(0.0) == []  # [2] alone is neither full nor timed out
     assert q.next_batch(0.0, flush=True) == [2]
     assert q.depth() == 0
+
+
+def test_busy_signal_covers_waiting_and_running_batches() -> None:
+    clock = FakeClock()
+    changes: list[bool] = []
+    q: BatchQueue[int] = BatchQueue(DynamicBatcher(BatchPolicy(2, 0), 10, clock), on_busy=changes.append)
+    q.offer(1, clock.now_ns())
+    assert changes == [True]
+    assert q.next_batch(0.0) == [1]
+    assert changes == [True], "still busy while the batch runs"
+    q.offer(2, clock.now_ns())
+    q.batch_done()
+    assert changes == [True], "a request is waiting"
+    assert q.next_batch(0.0) == [2]
+    q.batch_done()
+    assert changes == [True, False]

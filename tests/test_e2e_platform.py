@@ -141,7 +141,10 @@ def test_host_power_modes_switch_live_under_the_policy_guard(tmp_path: Path, tin
 
     quota = detect_layout()[0] is not None
     tiny["duration_s"] = 3
-    tiny["platform"] = {"kind": "host", "power_policy": str(REPO / "experiments" / "host-power-policy.yaml")}
+    tiny["platform"] = {
+        "kind": "host",
+        "power_policy": str(REPO / "power_modes" / "policy-host-example.yaml"),
+    }
     tiny["controller"] = {
         "name": "schedule",
         "period_s": 0.1,

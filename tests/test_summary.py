@@ -35,7 +35,10 @@ def fake_run(tmp_path: Path) -> RunDir:
     train = CsvAppender(run.train_csv("cl"), TRAIN_COLUMNS)
     # 3 steps inside the window, 1 finishing after the stop (not counted in the rate)
     train.write_rows(
-        [(s, f"{t:.6f}", 8, "1.0", "5", "1", 8, 0, 1) for s, t in [(1, 101), (2, 105), (3, 109), (4, 111)]]
+        [
+            (s, f"{t:.6f}", 8, "1.0", "5", "1", 8, 0, 1, "0", "0")
+            for s, t in [(1, 101), (2, 105), (3, 109), (4, 111)]
+        ]
     )
     train.close()
     return run

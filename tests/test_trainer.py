@@ -3,14 +3,18 @@ checkpoints are atomic and a corrupt newest one falls back to the previous."""
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing as mp
 import threading
+import time
 from pathlib import Path
 
 import torch
 import yaml
 
 from cotrain.config import TrainingJobConfig, parse_config
-from cotrain.messages import Applied, SetNumWorkers, SetPaused, SetThreads, Stop, TrainingStats
+from cotrain.gate import InterleavingGate
+from cotrain.messages import Applied, SetBatchSize, SetNumWorkers, SetPaused, SetThreads, Stop, TrainingStats
 from cotrain.records import read_csv_rows
 from cotrain.workloads.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from cotrain.workloads.training.trainer import Trainer
@@ -96,3 +100,89 @@ def test_a_new_trainer_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     resumed, _ = make_trainer(tmp_path)
     assert resumed.step == 2 and resumed.resumed_from is not None
     resumed.writer.close()
+
+
+def test_batch_size_changes_at_the_next_step(tmp_path: Path) -> None:
+    trainer, _ = make_trainer(tmp_path)
+    trainer.train_step()
+    trainer.handle(SetBatchSize(4))
+    trainer.train_step()
+    trainer.writer.close()
+    rows = read_csv_rows(tmp_path / "train-cl.csv")
+    assert [int(r["samples"]) for r in rows] == [8, 4]
+    assert [r["batch_size"] for r in rows] == ["8", "4"]
+
+
+def run_until(trainer: Trainer, channel: FakeChannel, steps: int) -> None:
+    """Run the loop in a thread until `steps` steps are done, then stop it."""
+    runner = threading.Thread(target=trainer.run, args=(0,), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while trainer.step < steps:
+        assert runner.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)  # polling a counter; the assertions below do not depend on this timing
+    channel.commands.put(Stop())
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+
+
+def test_duty_cycle_idles_in_proportion_to_the_step(tmp_path: Path) -> None:
+    trainer, channel = make_trainer(tmp_path, duty_cycle=0.5)
+    run_until(trainer, channel, steps=3)
+    rows = read_csv_rows(tmp_path / "train-cl.csv")
+    for previous, row in itertools.pairwise(rows):
+        busy_ms = float(previous["step_ms"]) + float(previous["data_ms"])
+        assert float(row["idle_ms"]) >= 0.95 * busy_ms, "d=0.5: idle at least as long as the step"
+
+
+class SpyGate(InterleavingGate):
+    def __init__(self) -> None:
+        super().__init__(mp.get_context("spawn"))
+        self.waited = threading.Event()
+
+    def wait_lowered(self, timeout_s: float | None) -> bool:
+        self.waited.set()
+        return super().wait_lowered(timeout_s)
+
+
+def test_yield_waits_while_inference_is_busy_and_resumes_when_it_is_not(tmp_path: Path) -> None:
+    gate = SpyGate()
+    gate.set(True)
+    channel = FakeChannel()
+    trainer = Trainer(
+        job(interleave={"policy": "yield"}),
+        tmp_path / "t.csv",
+        tmp_path / "ck",
+        channel,  # type: ignore[arg-type]
+        threads=1,
+        gate=gate,
+    )
+    runner = threading.Thread(target=trainer.run, args=(0,), daemon=True)
+    runner.start()
+    assert gate.waited.wait(timeout=60)
+    assert trainer.step == 0, "no minibatch while inference holds the gate"
+    gate.set(False)
+    deadline = time.monotonic() + 60
+    while trainer.step < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling a counter
+    channel.commands.put(Stop())
+    runner.join(timeout=60)
+    rows = read_csv_rows(tmp_path / "t.csv")
+    assert rows and float(rows[0]["gate_wait_ms"]) > 0
+
+
+def test_yield_with_max_wait_cannot_starve_training(tmp_path: Path) -> None:
+    gate = InterleavingGate(mp.get_context("spawn"))
+    gate.set(True)  # inference never lets go
+    channel = FakeChannel()
+    trainer = Trainer(
+        job(interleave={"policy": "yield", "max_wait_ms": 30}),
+        tmp_path / "t.csv",
+        tmp_path / "ck",
+        channel,
+        threads=1,
+        gate=gate,
+    )  # type: ignore[arg-type]
+    run_until(trainer, channel, steps=2)
+    rows = read_csv_rows(tmp_path / "t.csv")
+    assert all(29 <= float(r["gate_wait_ms"]) < 1000 for r in rows[:2])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -87,18 +88,41 @@ class DynamicBatcher(Generic[T]):
 
 
 class BatchQueue(Generic[T]):
-    """Thread-safe blocking front of a DynamicBatcher."""
+    """Thread-safe blocking front of a DynamicBatcher.
 
-    def __init__(self, batcher: DynamicBatcher[T]) -> None:
+    `on_busy` (optional) is told, under the queue's lock, whenever "a request is waiting or a
+    batch is running" changes; the interleaving gate hangs off it. Doing it under the lock keeps
+    the signal exact: a producer's offer and the executor's `batch_done` cannot interleave so as
+    to leave the gate lowered with a request waiting.
+    """
+
+    def __init__(self, batcher: DynamicBatcher[T], on_busy: Callable[[bool], None] | None = None) -> None:
         self._batcher = batcher
         self._cond = threading.Condition()
+        self._running = False
+        self._on_busy = on_busy
+        self._busy = False
+
+    def _update_busy(self) -> None:
+        busy = self._running or len(self._batcher) > 0
+        if busy != self._busy:
+            self._busy = busy
+            if self._on_busy is not None:
+                self._on_busy(busy)
 
     def offer(self, item: T, arrival_ns: int) -> bool:
         with self._cond:
             accepted = self._batcher.offer(item, arrival_ns)
             if accepted:
+                self._update_busy()
                 self._cond.notify_all()
             return accepted
+
+    def batch_done(self) -> None:
+        """The executor finished the batch `next_batch` gave it."""
+        with self._cond:
+            self._running = False
+            self._update_busy()
 
     def depth(self) -> int:
         with self._cond:
@@ -132,10 +156,13 @@ class BatchQueue(Generic[T]):
                 self._cond.wait(timeout=max_wait_s)
             elif wait_ns > 0 and not flush:
                 self._cond.wait(timeout=min(max_wait_s, wait_ns / NS_PER_S))
-            if flush:
-                return self._batcher.take_now()
-            return self._batcher.take()
+            batch = self._batcher.take_now() if flush else self._batcher.take()
+            if batch:
+                self._running = True
+            return batch
 
     def drain(self) -> list[T]:
         with self._cond:
-            return self._batcher.drain()
+            items = self._batcher.drain()
+            self._update_busy()
+            return items

@@ -26,6 +26,7 @@ from typing import Any
 
 from cotrain.clock import NS_PER_MS, NS_PER_S, Clock, MonotonicClock
 from cotrain.config import InferenceConfig
+from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
     Finished,
@@ -83,6 +84,7 @@ class InferenceService:
         variant: str,
         sample_indices: Iterator[int],
         clock: Clock | None = None,
+        gate: InterleavingGate | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
@@ -94,8 +96,10 @@ class InferenceService:
                 BatchPolicy(config.batching.max_batch_size, config.batching.max_queue_delay_ms),
                 config.queue_capacity,
                 self.clock,
-            )
+            ),
+            on_busy=gate.set if gate is not None else None,
         )
+        self.gate = gate
         self.writer = CsvAppender(requests_csv, REQUEST_COLUMNS)
         self._sample_indices = sample_indices
         self._window = _Window()
@@ -190,7 +194,10 @@ class InferenceService:
             self.channel.send(Applied("threads", message.threads, self.clock.now_ns()))
 
     def _run_batch(self, batch: list[Request]) -> None:
-        records = execute_batch(batch, self.infer, self.clock, self.variant)
+        try:
+            records = execute_batch(batch, self.infer, self.clock, self.variant)
+        finally:
+            self.queue.batch_done()
         first = records[0]
         exec_ms = ((first.end_ns or 0) - (first.start_ns or 0)) / NS_PER_MS
         self._record(records, exec_ms)
@@ -262,7 +269,12 @@ def make_infer(model: Any, pool: Sequence[Any]) -> Infer:
 
 
 def inference_process_main(
-    conn: Connection, config: InferenceConfig, requests_csv: str, threads: int, seed: int
+    conn: Connection,
+    config: InferenceConfig,
+    requests_csv: str,
+    threads: int,
+    seed: int,
+    gate: InterleavingGate | None = None,
 ) -> None:
     """Entry point of the spawned inference process."""
     channel = Channel(conn)
@@ -281,7 +293,9 @@ def inference_process_main(
             for size in sorted({1, config.batching.max_batch_size}):
                 model(torch.stack([pool[i % len(pool)] for i in range(size)]))
         variant = f"{config.model.name}/fp32"
-        service = InferenceService(config, Path(requests_csv), channel, infer, variant, sample_indices)
+        service = InferenceService(
+            config, Path(requests_csv), channel, infer, variant, sample_indices, gate=gate
+        )
         channel.send(Ready(pid=os.getpid(), detail=variant))
         start = wait_for_start(channel)
         if isinstance(start, Stop):

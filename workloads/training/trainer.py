@@ -2,8 +2,12 @@
 
 Every knob is applied at the next step boundary, the only point where changing it is safe:
 - threads: `torch.set_num_threads` in the loop's own thread (the setting is per thread);
-- dataloader workers: the DataLoader is rebuilt, so the next batch comes from the new workers;
-- pause/resume: the loop blocks on its command channel, using no CPU, until resumed or stopped.
+- dataloader workers and batch size: the DataLoader is rebuilt, so the next batch comes from it;
+- pause/resume: the loop blocks on its command channel, using no CPU, until resumed or stopped;
+- duty cycle d: after a step of t seconds the loop idles t·(1−d)/d, so it trains a fraction d
+  of the time (idle is spent waiting on the command channel, so commands still arrive);
+- interleaving: with policy `yield`, before each minibatch the loop waits while the inference
+  gate is raised (at most `max_wait_ms` if set; see cotrain/gate.py).
 Each application is reported back (`Applied`) and lands in events.jsonl with its time.
 
 One CSV row is written and flushed per step, and an atomic checkpoint every N steps and at stop.
@@ -23,11 +27,15 @@ from torch.utils.data import DataLoader
 
 from cotrain.clock import NS_PER_MS, NS_PER_S, Clock, MonotonicClock
 from cotrain.config import TrainingJobConfig
+from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
     Command,
     Finished,
     Ready,
+    SetBatchSize,
+    SetDutyCycle,
+    SetInterleave,
     SetNumWorkers,
     SetPaused,
     SetThreads,
@@ -51,8 +59,15 @@ class Trainer:
         threads: int,
         seed: int = 0,
         clock: Clock | None = None,
+        gate: InterleavingGate | None = None,
     ) -> None:
         self.job = job
+        self.gate = gate
+        self.batch_size = job.batch_size
+        self.duty_cycle = job.duty_cycle
+        self.gate_policy: str = job.interleave.policy
+        self.gate_max_wait_ms = job.interleave.max_wait_ms
+        self._last_idle_ms = 0.0
         self.channel = channel
         self.clock = clock or MonotonicClock()
         self.checkpoint_dir = checkpoint_dir
@@ -99,7 +114,7 @@ class Trainer:
         context = "fork" if self.num_workers > 0 and "fork" in mp.get_all_start_methods() else None
         return DataLoader(
             self.dataset,
-            batch_size=self.job.batch_size,
+            batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -140,6 +155,17 @@ class Trainer:
         elif isinstance(message, SetPaused):
             self.paused = message.paused
             self.channel.send(Applied("paused", message.paused, now_ns))
+        elif isinstance(message, SetBatchSize):
+            if message.batch_size != self.batch_size:
+                self.batch_size = message.batch_size
+                self._drop_loader()
+            self.channel.send(Applied("batch_size", message.batch_size, now_ns))
+        elif isinstance(message, SetDutyCycle):
+            self.duty_cycle = message.duty_cycle
+            self.channel.send(Applied("duty_cycle", message.duty_cycle, now_ns))
+        elif isinstance(message, SetInterleave):
+            self.gate_policy, self.gate_max_wait_ms = message.policy, message.max_wait_ms
+            self.channel.send(Applied("interleave", [message.policy, message.max_wait_ms], now_ns))
 
     def _poll_commands(self, timeout_s: float) -> None:
         """Handle every waiting command; wait up to `timeout_s` for the first one."""
@@ -163,7 +189,40 @@ class Trainer:
         )
         self._window_steps = self._window_samples = 0
 
-    def train_step(self) -> None:
+    def _yield_to_inference(self) -> float:
+        """With policy `yield`, wait while inference is busy. Returns the wait in ms."""
+        gate = self.gate
+        if gate is None or self.gate_policy != "yield" or not gate.raised:
+            return 0.0
+        start_ns = self.clock.now_ns()
+        limit_ns = (
+            None if self.gate_max_wait_ms is None else start_ns + round(self.gate_max_wait_ms * NS_PER_MS)
+        )
+        while not (self.stopping or self.paused):
+            slice_s = 0.05
+            if limit_ns is not None:
+                slice_s = min(slice_s, (limit_ns - self.clock.now_ns()) / NS_PER_S)
+            if slice_s <= 0 or gate.wait_lowered(slice_s):
+                break
+            self._poll_commands(0.0)  # stay responsive to stop/pause while yielding
+        return (self.clock.now_ns() - start_ns) / NS_PER_MS
+
+    def _throttle(self, step_ns: int) -> None:
+        """Idle so that training takes `duty_cycle` of the time; commands are handled meanwhile."""
+        if self.duty_cycle >= 1.0:
+            self._last_idle_ms = 0.0
+            return
+        start_ns = self.clock.now_ns()
+        until_ns = start_ns + round(step_ns * (1 - self.duty_cycle) / self.duty_cycle)
+        while not (self.stopping or self.paused):
+            remaining_s = (until_ns - self.clock.now_ns()) / NS_PER_S
+            if remaining_s <= 0:
+                break
+            self._poll_commands(remaining_s)
+        self._last_idle_ms = (self.clock.now_ns() - start_ns) / NS_PER_MS
+
+    def train_step(self, gate_wait_ms: float = 0.0) -> int:
+        """One minibatch. Returns its duration in ns (data loading included)."""
         t_data_ns = self.clock.now_ns()
         inputs, labels = self._next_batch()
         t_start_ns = self.clock.now_ns()
@@ -186,14 +245,17 @@ class Trainer:
                     f"{self._last_loss:.6f}",
                     f"{(t_end_ns - t_start_ns) / NS_PER_MS:.3f}",
                     f"{(t_start_ns - t_data_ns) / NS_PER_MS:.3f}",
-                    self.job.batch_size,
+                    self.batch_size,
                     self.num_workers,
                     self.threads,
+                    f"{gate_wait_ms:.3f}",
+                    f"{self._last_idle_ms:.3f}",
                 )
             ]
         )
         if self.step % self.job.checkpoint_every_steps == 0:
             self.checkpoint()
+        return t_end_ns - t_data_ns
 
     def checkpoint(self) -> None:
         self._checkpointed_step = self.step
@@ -215,7 +277,10 @@ class Trainer:
                     next_stats_ns = self.clock.now_ns() + period_ns
             if self.stopping:
                 break
-            self.train_step()
+            gate_wait_ms = self._yield_to_inference()
+            if self.stopping or self.paused:
+                continue
+            self._throttle(self.train_step(gate_wait_ms))
             if self.clock.now_ns() >= next_stats_ns:
                 self._send_stats()
                 next_stats_ns = self.clock.now_ns() + period_ns
@@ -227,13 +292,19 @@ class Trainer:
 
 
 def training_process_main(
-    conn: Connection, job: TrainingJobConfig, train_csv: str, checkpoint_dir: str, threads: int, seed: int
+    conn: Connection,
+    job: TrainingJobConfig,
+    train_csv: str,
+    checkpoint_dir: str,
+    threads: int,
+    seed: int,
+    gate: InterleavingGate | None = None,
 ) -> None:
     """Entry point of a spawned training process."""
     channel = Channel(conn)
     try:
         worker_setup(threads)
-        trainer = Trainer(job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed)
+        trainer = Trainer(job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed, gate=gate)
         detail = f"{job.model.name}" + (
             f", resumed from {trainer.resumed_from.name}" if trainer.resumed_from else ""
         )
