@@ -109,8 +109,8 @@ class Bounded:
 class PowerModeRules:
     """What the power-mode policy config and the platform allow.
 
-    `order` lists the platform's mode names from most to least capable (the platform's own
-    order), so "never step up while over budget" can be checked without knowing per-mode power.
+    `order` lists the platform's mode names from most to least capable (`by_capability`), so
+    "never step up while over budget" can be checked without knowing per-mode power.
     """
 
     order: tuple[str, ...]

@@ -105,12 +105,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             console.print(message)
 
-    runtime = Runtime(config, run_dir, platform, power_rules=power_rules(config, platform), log=log)
+    runtime = Runtime(config, run_dir, platform, log=log)
     try:
         summary = runtime.run()
     except RunFailed as exc:
         _err(f"run failed: {exc} (records kept in {out})")
         return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        _err(f"forced stop by a second signal; the platform was restored; records kept in {out}")
+        return 130
     Console().print(summary_table(summary))
     print(f"summary: {run_dir.summary}")
     return EXIT_OK if runtime.status == "completed" else EXIT_RUN_FAILED
@@ -137,34 +140,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(json.dumps(summary, indent=2))
     return EXIT_OK
-
-
-def power_rules(config: Any, platform: Any) -> Any:
-    """The power-mode guard's rules: the platform's modes, narrowed by the policy file if any."""
-    from cotrain.controllers.wrappers import PowerModeRules
-
-    modes = platform.power_modes()
-    rules = PowerModeRules(
-        order=tuple(m.name for m in modes), needs_reboot=frozenset(m.name for m in modes if m.needs_reboot)
-    )
-    if config.platform.power_policy is None:
-        return rules
-    from dataclasses import replace
-
-    from cotrain.power_modes.policy import load_power_policy
-
-    policy = load_power_policy(config.platform.power_policy)
-    allowed = None
-    if policy.allowed_modes:
-        by_id = {str(m.id): m.name for m in modes}
-        allowed = frozenset(by_id.get(str(a), str(a)) for a in policy.allowed_modes)
-    return replace(
-        rules,
-        allowed=allowed,
-        allow_reboot_modes=policy.allow_reboot_modes,
-        min_dwell_s=policy.min_dwell_s,
-        power_budget_w=policy.power_budget_w,
-    )
 
 
 def _platform_from_args(args: argparse.Namespace) -> Any:

@@ -46,7 +46,7 @@ from cotrain.messages import (
     WorkerFailed,
 )
 from cotrain.observe import build_observation
-from cotrain.platform.base import Platform, PowerModeError
+from cotrain.platform.base import Platform, PowerModeError, by_capability
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
 from cotrain.summary import compute_summary
@@ -126,6 +126,30 @@ def knob_bounds(
     )
 
 
+def power_rules_for(config: ExperimentConfig, platform: Platform) -> PowerModeRules:
+    """The power-mode guard's rules: the platform's modes, narrowed by the policy file if any."""
+    modes = platform.power_modes()
+    rules = PowerModeRules(
+        order=by_capability(modes), needs_reboot=frozenset(m.name for m in modes if m.needs_reboot)
+    )
+    if config.platform.power_policy is None:
+        return rules
+    from cotrain.power_modes.policy import load_power_policy
+
+    policy = load_power_policy(config.platform.power_policy)
+    allowed = None
+    if policy.allowed_modes:
+        by_id = {str(m.id): m.name for m in modes}
+        allowed = frozenset(by_id.get(str(a), str(a)) for a in policy.allowed_modes)
+    return replace(
+        rules,
+        allowed=allowed,
+        allow_reboot_modes=policy.allow_reboot_modes,
+        min_dwell_s=policy.min_dwell_s,
+        power_budget_w=policy.power_budget_w,
+    )
+
+
 class Runtime:
     def __init__(
         self,
@@ -148,10 +172,7 @@ class Runtime:
         self.knobs = replace(
             initial_knobs(config, len(self.cpus)), power_mode=current.name if current else None
         )
-        self.power_rules = power_rules or PowerModeRules(
-            order=tuple(m.name for m in modes),
-            needs_reboot=frozenset(m.name for m in modes if m.needs_reboot),
-        )
+        self.power_rules = power_rules or power_rules_for(config, platform)
         mode_names = frozenset(m.name for m in modes) if modes else None
         self.policy = PowerModeGuard(
             Bounded(policy or build_policy(config.controller), knob_bounds(config, self.cpus, mode_names)),
@@ -169,6 +190,7 @@ class Runtime:
         self._t0_ns: int | None = None
         self._stop_reason: str | None = None
         self._signals = 0
+        self._restoring = False
         self._inference_stats: list[InferenceStats] = []
         self._training_stats: dict[str, list[TrainingStats]] = {job: [] for job in self.knobs.training}
         self._wake_r: Connection | None = None
@@ -197,6 +219,8 @@ class Runtime:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
+        if self._restoring:
+            return  # the device is being put back; nothing may interrupt that
         if self._signals > 1:
             raise KeyboardInterrupt  # second signal: stop waiting; `finally` still restores
         self._stop_reason = signal.Signals(signum).name
@@ -466,30 +490,38 @@ class Runtime:
         try:
             with self._signal_handlers():
                 try:
-                    self._spawn_all()
-                    self._log(f"started {len(self.supervisor.workers)} workload process(es), loading models")
-                    self._wait_ready()
-                    self._apply_initial_placement()
-                    mode = self.config.platform.power_mode
-                    if mode is not None and not self._set_power_mode(mode, "initial power mode from config"):
-                        raise RunFailed(f"could not set the initial power mode {mode!r}")
-                    self._t0_ns = self.clock.now_ns()
-                    self.event("run_started", duration_s=self.config.duration_s)
-                    self._decide_record(0.0, Action(reason="initial knobs from config"))
-                    self.supervisor.broadcast(Start(self._t0_ns))
-                    self._log(f"running for {self.config.duration_s:g} s -> {run_dir.path}")
-                    self._control_loop()
-                except KeyboardInterrupt:
-                    self.status = "interrupted"
-                    self._stop_reason = self._stop_reason or "SIGINT"
-                except BaseException as exc:
-                    self.status = "failed"
-                    error = exc
+                    try:
+                        self._spawn_all()
+                        self._log(
+                            f"started {len(self.supervisor.workers)} workload process(es), loading models"
+                        )
+                        self._wait_ready()
+                        self._apply_initial_placement()
+                        mode = self.config.platform.power_mode
+                        if mode is not None and not self._set_power_mode(
+                            mode, "initial power mode from config"
+                        ):
+                            raise RunFailed(f"could not set the initial power mode {mode!r}")
+                        self._t0_ns = self.clock.now_ns()
+                        self.event("run_started", duration_s=self.config.duration_s)
+                        self._decide_record(0.0, Action(reason="initial knobs from config"))
+                        self.supervisor.broadcast(Start(self._t0_ns))
+                        self._log(f"running for {self.config.duration_s:g} s -> {run_dir.path}")
+                        self._control_loop()
+                    except KeyboardInterrupt:
+                        self.status = "interrupted"
+                        self._stop_reason = self._stop_reason or "SIGINT"
+                    except BaseException as exc:
+                        self.status = "failed"
+                        error = exc
+                    finally:
+                        self._shutdown()  # a second signal here forces the exit, but not past restore
                 finally:
-                    self._shutdown()
+                    # Still inside the handlers: a signal now is noted, never interrupts the restore.
+                    self._restoring = True
+                    self.platform.restore()
+                    self.event("platform_restored")
         finally:
-            self.platform.restore()
-            self.event("platform_restored")
             for appender in (self._events, self._decisions, self._telemetry):
                 if appender is not None:
                     appender.close()

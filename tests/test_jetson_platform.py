@@ -196,3 +196,52 @@ def test_jtop_is_preferred_for_telemetry_and_modes(tmp_path: Path) -> None:
     assert sample.source == "jtop" and sample.power_w == pytest.approx(12.345)
     assert sample.cpu_util_percent == pytest.approx(20.0) and sample.temperature_c == 48.5
     assert device.nvpmodel.switches() == [], "jtop, not the CLI, switched modes"
+
+
+def test_a_failed_restore_is_reported_and_can_be_retried(tmp_path: Path) -> None:
+    device = Device(tmp_path, mode_id=MAXN)
+    platform = device.platform()
+    platform.set_power_mode("MODE_50W")
+    # nvpmodel now prompts for every switch: the restore's switch back is refused
+    FakeNvpmodel(tmp_path / "bin", AGX_CONF, MODE_50W, prompt_always=True)
+
+    platform.restore()
+
+    assert device.nvpmodel.mode_id == MODE_50W
+    assert any("could not restore power mode MAXN" in w for w in device.warnings)
+    FakeNvpmodel(tmp_path / "bin", AGX_CONF, MODE_50W)  # the tool behaves again
+    platform.restore()
+    assert device.nvpmodel.mode_id == MAXN, "the second restore tried again and succeeded"
+
+
+def test_tegrastats_dying_mid_run_falls_back_to_sysfs_with_a_warning(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    device = Device(tmp_path)
+    platform = device.platform(jtop=DeadJtop(), tegrastats=True)
+    try:
+        reader = platform._tegrastats
+        assert reader is not None and reader.wait_for_samples(1, 30)
+        os.killpg(reader._proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        assert reader.wait_for_exit(30)
+        sample = platform.telemetry()
+    finally:
+        platform.restore()
+    assert sample.source == "sysfs" and platform.telemetry_source == "sysfs"
+    assert any("tegrastats stopped" in w for w in device.warnings)
+
+
+def test_modes_are_ranked_by_capability_not_file_order() -> None:
+    """Orin NX 16GB lists MAXN, 10W, 15W, 25W: the guard must see 25W above 15W above 10W."""
+    from cotrain.platform.base import PowerModeInfo, by_capability
+    from cotrain.platform.jetson import capability
+    from cotrain.power_modes.nvpmodel import parse_nvpmodel
+
+    conf = parse_nvpmodel(
+        (
+            FIXTURES / "nvpmodel" / "LineageOS__android_device_nvidia_concord__nvpmodel_p3767_0000.conf"
+        ).read_text()
+    )
+    infos = tuple(PowerModeInfo(m.id, m.name, m.online_cores, rank=capability(m)) for m in conf.modes)
+    assert by_capability(infos) == ("MAXN", "25W", "15W", "10W")

@@ -37,6 +37,12 @@ class PowerModeInfo:
     online_cores: int
     needs_reboot: bool = False  # from the current mode: never chosen unless a policy allows it
     detail: str = ""
+    rank: float = 0.0  # higher = more capable; orders modes for "never step up over budget"
+
+
+def by_capability(modes: tuple[PowerModeInfo, ...]) -> tuple[str, ...]:
+    """Mode names from most to least capable (file order on a Jetson is not capability order)."""
+    return tuple(m.name for m in sorted(modes, key=lambda m: -m.rank))
 
 
 class PowerModeError(Exception):

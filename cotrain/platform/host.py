@@ -30,7 +30,10 @@ def host_modes(cpu_count: int, quota: bool) -> tuple[PowerModeInfo, ...]:
         for pct in (None, *(QUOTA_STEPS_PCT if quota else ())):
             name = f"{cores}core" + (f"-{pct}pct" if pct else "")
             detail = f"{cores} of {cpu_count} CPUs" + (f", CPU quota {pct}% of them" if pct else "")
-            modes.append(PowerModeInfo(id=len(modes), name=name, online_cores=cores, detail=detail))
+            rank = cores * (pct or 100) / 100
+            modes.append(
+                PowerModeInfo(id=len(modes), name=name, online_cores=cores, detail=detail, rank=rank)
+            )
     return tuple(modes)
 
 

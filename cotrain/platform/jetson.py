@@ -46,6 +46,19 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 Warn = Callable[[str], None]
 
 
+def capability(mode: PowerMode) -> float:
+    """A rank for "more capable": MAXN first, then the budget in the mode's name (MODE_15W, 10W,
+    MODE_28_1_W), else online cores × the highest CPU cap. NVIDIA names modes by power budget,
+    which orders them better than any one clock does (Orin NX 25W caps the GPU below 15W)."""
+    if mode.name.upper() == "MAXN":
+        return float("inf")
+    match = re.search(r"(\d+)(?:_(\d+))?_?W$", mode.name.upper())
+    if match:
+        return float(f"{match[1]}.{match[2] or 0}")
+    caps = [c for c in mode.cpu_max_mhz.values() if c is not None] or [10_000.0]
+    return mode.online_cores * max(caps) / 1000
+
+
 class JtopLike(Protocol):
     """The part of jetson-stats' `jtop` object cotrain uses (see jtop/jtop.py)."""
 
@@ -111,9 +124,9 @@ class JetsonPlatform:
         self.telemetry_source = self._open_telemetry(jtop_factory, tegrastats_interval_ms)
         self._original_mode: PowerMode | None = None
         self._original_clocks: ClockState | None = None
-        self._cpus = tuple(sorted(set(self.sysfs.online_cpus()) & set(psutil.Process().cpu_affinity() or [])))
-        if not self._cpus:
-            self._cpus = tuple(self.sysfs.online_cpus())
+        self._allowed_cpus = set(psutil.Process().cpu_affinity() or [])
+        self._cpus: tuple[int, ...] = ()
+        self._refresh_cpus()
         self._mode_name: str | None = None  # what telemetry reports; refreshed on every switch
         with _suppress_all():
             current = self._current_conf_mode()
@@ -161,6 +174,11 @@ class JetsonPlatform:
 
     # --- placement -----------------------------------------------------------------------------
 
+    def _refresh_cpus(self) -> None:
+        """Online CPUs we may use; re-read after every mode switch (modes change the online set)."""
+        online = set(self.sysfs.online_cpus())
+        self._cpus = tuple(sorted(online & self._allowed_cpus)) or tuple(sorted(online))
+
     def cpu_ids(self) -> tuple[int, ...]:
         return self._cpus
 
@@ -183,9 +201,8 @@ class JetsonPlatform:
         reboot = current is not None and mode.needs_reboot_from(current)
         caps = ", ".join(f"{k} {'max' if v is None else f'{v:g} MHz'}" for k, v in mode.cpu_max_mhz.items())
         gpu = "GPU max" if mode.gpu_max_mhz is None else f"GPU {mode.gpu_max_mhz:g} MHz"
-        return PowerModeInfo(
-            mode.id, mode.name, mode.online_cores, reboot, f"{mode.online_cores} cores, {caps}, {gpu}"
-        )
+        detail = f"{mode.online_cores} cores, {caps}, {gpu}"
+        return PowerModeInfo(mode.id, mode.name, mode.online_cores, reboot, detail, rank=capability(mode))
 
     def power_modes(self) -> tuple[PowerModeInfo, ...]:
         if self.conf is None:
@@ -270,6 +287,7 @@ class JetsonPlatform:
             self._original_clocks = self.sysfs.read_clock_state()
         self._switch(target)
         self._mode_name = target.name
+        self._refresh_cpus()
         return self._mode_info(target, target)
 
     def _switch(self, target: PowerMode) -> None:
@@ -308,9 +326,18 @@ class JetsonPlatform:
         if self._jtop is not None:
             return self._from_jtop(mode)
         if self._tegrastats is not None:
-            sample = self._tegrastats.latest()
-            if sample is not None:
-                return self._from_tegrastats(sample, mode)
+            if not self._tegrastats.alive:
+                self._warn(
+                    f"tegrastats stopped ({self._tegrastats.error or 'exited'}): telemetry from sysfs now"
+                )
+                with _suppress_all():
+                    self._tegrastats.stop()
+                self._tegrastats = None
+                self.telemetry_source = "sysfs"
+            else:
+                sample = self._tegrastats.latest()
+                if sample is not None:
+                    return self._from_tegrastats(sample, mode)
         return self._from_sysfs(mode)
 
     def _from_jtop(self, mode: str | None) -> TelemetrySample:
@@ -385,24 +412,33 @@ class JetsonPlatform:
         }
 
     def restore(self) -> None:
-        """Put back the power mode and clock limits found before the first change, then stop readers."""
+        """Put back the power mode and clock limits found before the first change, then stop readers.
+
+        A failure is reported (not swallowed) and the original mode is kept, so a second call
+        tries again; the readers are stopped whatever happens.
+        """
         try:
             if self._original_mode is not None:
-                with _suppress_all():
+                try:
                     current = self._current_conf_mode()
                     if current is None or current.id != self._original_mode.id:
                         self._switch(self._original_mode)
+                except Exception as exc:
+                    self._warn(f"could not restore power mode {self._original_mode.name}: {exc}")
+                else:
                     self._mode_name = self._original_mode.name
-                if self._original_clocks is not None:
-                    report = self.sysfs.write_clock_state(self._original_clocks)
-                    for failure in report.failed:
-                        self._warn(f"could not restore {failure.path}: {failure.error}")
-                self._original_mode = None
-                self._original_clocks = None
+                    if self._original_clocks is not None:
+                        report = self.sysfs.write_clock_state(self._original_clocks)
+                        for failure in report.failed:
+                            self._warn(f"could not restore {failure.path}: {failure.error}")
+                    self._original_mode = None
+                    self._original_clocks = None
+                    self._refresh_cpus()
             self._placer.restore()
         finally:
             if self._tegrastats is not None:
-                self._tegrastats.stop()
+                with _suppress_all():
+                    self._tegrastats.stop()
                 self._tegrastats = None
             if self._jtop is not None:
                 with _suppress_all():
@@ -411,10 +447,11 @@ class JetsonPlatform:
 
 
 class _suppress_all:
-    """Telemetry and restore must never take the run down: swallow and continue."""
+    """Telemetry reads must never take the run down: swallow errors (never KeyboardInterrupt or
+    SystemExit) and continue."""
 
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: object) -> bool:
-        return True
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        return kind is not None and issubclass(kind, Exception)
