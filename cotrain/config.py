@@ -56,7 +56,20 @@ class ImageFolderDatasetConfig(StrictModel):
     image_size: int = Field(64, ge=8, le=1024)
 
 
-DatasetConfig = Annotated[SyntheticDatasetConfig | ImageFolderDatasetConfig, Field(discriminator="kind")]
+class DigitsDatasetConfig(StrictModel):
+    """scikit-learn's bundled handwritten digits (1,797 8×8 images, 10 classes): real data that
+    ships inside an installed package, so it works offline. Upscaled to `image_size`, 3 channels.
+    `split` is a seeded, stratified 75/25 split of the whole set."""
+
+    kind: Literal["digits"]
+    split: Literal["train", "test", "all"] = "all"
+    image_size: int = Field(32, ge=8, le=1024)
+    seed: int = 0
+
+
+DatasetConfig = Annotated[
+    SyntheticDatasetConfig | ImageFolderDatasetConfig | DigitsDatasetConfig, Field(discriminator="kind")
+]
 
 
 class ModelConfig(StrictModel):
@@ -146,8 +159,36 @@ class InterleaveConfig(StrictModel):
     max_wait_ms: float | None = Field(None, gt=0, le=60_000, description="with yield: wait at most this long")
 
 
+class DriftConfig(StrictModel):
+    """Seeded covariate drift of the arriving samples: images rotate further as time passes."""
+
+    rotate_deg_per_s: float = Field(2.0, ge=0, le=360)
+    max_deg: float = Field(180.0, ge=0, le=360)
+    jitter_deg: float = Field(5.0, ge=0, le=180, description="per-sample random rotation on top")
+    seed: int = 0
+
+
+class ContinualConfig(StrictModel):
+    """Ekya-style continual learning: retraining windows over newly arrived, drifting samples."""
+
+    window_s: float = Field(10.0, gt=0, le=86_400, description="length of a retraining window")
+    arrivals_per_window: int = Field(256, ge=1, le=1_000_000, description="new labelled samples per window")
+    replay_capacity: int = Field(2048, ge=0, le=10_000_000)
+    replay_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of a window's training set from replay"
+    )
+    eval_samples: int = Field(300, ge=10, le=1_000_000, description="held-out samples per evaluation")
+    min_improvement: float = Field(
+        0.0, ge=0, le=1, description="accuracy gain over the served model to deploy"
+    )
+    deploy_to: Literal["inference"] | None = "inference"
+    drift: DriftConfig = DriftConfig()
+
+
 class TrainingJobConfig(PlacementMixin):
     name: str = Field(pattern=JOB_NAME_PATTERN)
+    kind: Literal["sgd", "continual"] = Field("sgd", description="sgd: plain training over the dataset")
+    continual: ContinualConfig | None = Field(None, description="with kind continual; defaults if absent")
     model: ModelConfig
     dataset: DatasetConfig
     batch_size: int = Field(32, ge=1, le=65_536)
@@ -285,6 +326,27 @@ class ExperimentConfig(StrictModel):
     controller: ControllerConfig = StaticControllerConfig(name="static")
     workloads: WorkloadsConfig
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _continual_deploys_a_matching_model(self) -> ExperimentConfig:
+        """A deployed model must fit the service: same architecture, same classes, same input."""
+        inference = self.workloads.inference
+        for i, job in enumerate(self.workloads.training):
+            if job.kind != "continual":
+                continue
+            if (job.continual or ContinualConfig()).deploy_to != "inference":
+                continue
+            where = f"workloads.training[{i}]"
+            if inference is None:
+                raise ValueError(f"{where}: deploys to inference, but there is no inference workload")
+            if job.model.name != inference.model.name:
+                raise ValueError(
+                    f"{where}.model.name ({job.model.name}) must equal workloads.inference.model.name "
+                    f"({inference.model.name}) to deploy to it"
+                )
+            if job.dataset.image_size != inference.dataset.image_size:
+                raise ValueError(f"{where}.dataset.image_size must equal the inference dataset's image_size")
+        return self
 
     @model_validator(mode="after")
     def _schedule_names_known_jobs(self) -> ExperimentConfig:

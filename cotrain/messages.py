@@ -61,8 +61,18 @@ class SetInterleave:
     max_wait_ms: float | None
 
 
+@dataclass(frozen=True)
+class LoadModel:
+    """Prepare the weights at `path` off the serving path, then swap them in between batches."""
+
+    path: str
+    version: int
+    source: str  # the job that trained them
+
+
 Command = (
-    Start
+    LoadModel
+    | Start
     | Stop
     | SetBatching
     | SetThreads
@@ -118,6 +128,24 @@ class TrainingStats:
 
 
 @dataclass(frozen=True)
+class ModelReady:
+    """A training job saved a better model (atomically) at `path`."""
+
+    path: str
+    version: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class ModelSwapped:
+    """The inference service now serves `version`; `prepare_ms` was spent off the serving path."""
+
+    version: int
+    prepare_ms: float
+    at_ns: int
+
+
+@dataclass(frozen=True)
 class Finished:
     detail: str = ""
 
@@ -130,4 +158,6 @@ class WorkerFailed:
     traceback: str = ""
 
 
-Report = Ready | Applied | InferenceStats | TrainingStats | Finished | WorkerFailed
+Report = (
+    Ready | Applied | InferenceStats | TrainingStats | ModelReady | ModelSwapped | Finished | WorkerFailed
+)

@@ -23,6 +23,7 @@ REQUEST_COLUMNS = (
     "latency_ms",
     "batch_size",
     "variant",
+    "model_version",
     "outcome",
     "reason",
 )

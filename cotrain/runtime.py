@@ -32,6 +32,9 @@ from cotrain.messages import (
     Applied,
     Finished,
     InferenceStats,
+    LoadModel,
+    ModelReady,
+    ModelSwapped,
     Ready,
     Report,
     SetBatching,
@@ -256,6 +259,24 @@ class Runtime:
                 knob=report.knob,
                 value=report.value,
                 applied_mono_s=round(report.at_ns / NS_PER_S, 6),
+            )
+        elif isinstance(report, ModelReady):
+            self.event(
+                "model_published",
+                worker=worker,
+                version=report.version,
+                accuracy=report.accuracy,
+                path=report.path,
+            )
+            if INFERENCE in self.supervisor.workers:
+                self.supervisor.send(INFERENCE, LoadModel(report.path, report.version, worker))
+        elif isinstance(report, ModelSwapped):
+            self.event(
+                "model_swapped",
+                worker=worker,
+                version=report.version,
+                prepare_ms=round(report.prepare_ms, 3),
+                swapped_mono_s=round(report.at_ns / NS_PER_S, 6),
             )
         elif isinstance(report, Ready):
             self.event("worker_ready", worker=worker, pid=report.pid, detail=report.detail)

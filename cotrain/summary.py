@@ -66,7 +66,9 @@ def inference_summary(rows: list[dict[str, str]], slo_ms: float, duration_s: flo
             batch_sizes.append(int(row["batch_size"]))
     arrived = len(rows)
     within = sum(1 for v in latencies if v <= slo_ms)
+    versions = sorted({int(r["model_version"]) for r in rows if r.get("model_version", "").isdigit()})
     return {
+        "model_versions_served": versions,
         "slo_ms": slo_ms,
         "latency_ms": _percentiles(latencies),
         "slo_attainment": round(within / arrived, 6) if arrived else None,
@@ -116,11 +118,27 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
         summary["inference"] = inference_summary(
             read_csv_rows(run.requests_csv), float(workloads["inference"]["slo_ms"]), duration_s
         )
-    summary["training"] = {
-        job["name"]: training_summary(read_csv_rows(run.train_csv(job["name"])), start_s, stop_s)
-        for job in workloads.get("training", [])
-    }
+    summary["training"] = {}
+    for job in workloads.get("training", []):
+        name = job["name"]
+        entry = {"kind": job.get("kind", "sgd")}
+        entry.update(training_summary(read_csv_rows(run.train_csv(name)), start_s, stop_s))
+        if entry["kind"] == "continual":
+            entry.update(continual_summary(read_csv_rows(run.path / f"continual-{name}.csv")))
+        summary["training"][name] = entry
     return summary
+
+
+def continual_summary(windows: list[dict[str, str]]) -> dict[str, Any]:
+    """Deployments over the run and the accuracy of the last *completed* retraining window."""
+    last = windows[-1] if windows else None
+    return {
+        "windows": len(windows),
+        "deployments": sum(int(w["deployed"]) for w in windows),
+        "accuracy_before": float(last["accuracy_before"]) if last else None,
+        "accuracy_after": float(last["accuracy_after"]) if last else None,
+        "last_window_angle_deg": float(last["angle_deg"]) if last else None,
+    }
 
 
 def _fmt(value: float | None) -> str:

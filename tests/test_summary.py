@@ -27,9 +27,9 @@ def fake_run(tmp_path: Path) -> RunDir:
     rows = []
     for i in range(100):
         latency = 10.0 + i * 6  # 10 .. 604 ms; SLO is 500 ms
-        rows.append((i, f"{100 + i * 0.1:.6f}", "", "", f"{latency:.3f}", 4, "m/fp32", "served", ""))
-    rows.append((100, "109.9", "", "", "", "", "m/fp32", "shed", "queue full"))
-    rows.append((101, "109.9", "110.0", "110.1", "", 1, "m/fp32", "failed", "boom"))
+        rows.append((i, f"{100 + i * 0.1:.6f}", "", "", f"{latency:.3f}", 4, "m/fp32", 0, "served", ""))
+    rows.append((100, "109.9", "", "", "", "", "m/fp32", 0, "shed", "queue full"))
+    rows.append((101, "109.9", "110.0", "110.1", "", 1, "m/fp32", 0, "failed", "boom"))
     req.write_rows(rows)
     req.close()
     train = CsvAppender(run.train_csv("cl"), TRAIN_COLUMNS)

@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from cotrain.config import DatasetConfig, ImageFolderDatasetConfig, SyntheticDatasetConfig
+from cotrain.config import (
+    DatasetConfig,
+    DigitsDatasetConfig,
+    ImageFolderDatasetConfig,
+    SyntheticDatasetConfig,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,18 +64,90 @@ def image_folder(root: str | Path, image_size: int) -> Dataset[tuple[torch.Tenso
     return folder
 
 
+DIGITS_CLASSES = 10
+
+
+def digits_tensors(split: str, image_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits as (N×3×S×S float images in [-1, 1], N labels).
+
+    The 8×8 images are upscaled bilinearly to `image_size` so torchvision CNNs (which downsample
+    by 32) can run on them. `split` is a seeded, stratified 75/25 split, the same in every process
+    with the same seed, so training and held-out evaluation never share an image.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    if split != "all":
+        g = torch.Generator().manual_seed(seed)
+        test_mask = torch.zeros(len(labels), dtype=torch.bool)
+        for c in range(DIGITS_CLASSES):
+            idx = (labels == c).nonzero().flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            test_mask[idx[: len(idx) // 4]] = True
+        keep = test_mask if split == "test" else ~test_mask
+        images, labels = images[keep], labels[keep]
+    images = torch.nn.functional.interpolate(
+        images, size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
+    return (images.repeat(1, 3, 1, 1) - 0.5) / 0.5, labels
+
+
+def rotate(images: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by its own angle (bilinear, background = the images' minimum)."""
+    from torchvision.transforms.functional import rotate as tv_rotate
+
+    fill = float(images.min()) if images.numel() else 0.0
+    return (
+        torch.stack(
+            [
+                tv_rotate(img, float(a), interpolation=_bilinear(), fill=[fill])
+                for img, a in zip(images, angles_deg, strict=True)
+            ]
+        )
+        if len(images)
+        else images
+    )
+
+
+def _bilinear() -> object:
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode.BILINEAR
+
+
 def build_dataset(config: DatasetConfig) -> Dataset[tuple[torch.Tensor, int]]:
     if isinstance(config, SyntheticDatasetConfig):
         return SyntheticImages(config.num_samples, config.num_classes, config.image_size, config.seed)
     if isinstance(config, ImageFolderDatasetConfig):
         return image_folder(config.root, config.image_size)
+    if isinstance(config, DigitsDatasetConfig):
+        images, labels = digits_tensors(config.split, config.image_size, config.seed)
+        return TensorPairs(images, labels)
     raise TypeError(f"unknown dataset {config!r}")
+
+
+class TensorPairs(Dataset[tuple[torch.Tensor, int]]):
+    """(image, label) pairs held in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
 
 
 def dataset_num_classes(config: DatasetConfig) -> int:
     """Number of classes without loading images (ImageFolder: count of class directories)."""
     if isinstance(config, SyntheticDatasetConfig):
         return config.num_classes
+    if isinstance(config, DigitsDatasetConfig):
+        return DIGITS_CLASSES
     return len(image_folder_classes(Path(config.root)))
 
 

@@ -6,18 +6,29 @@ cotrain's own workloads:
   affinity; no CPU is taken offline for the rest of the system);
 - a CPU quota, where a cgroup CPU controller is writable (see cgroup.py).
 Mode 0 is always "all cores, no quota", i.e. the state cotrain found; `restore` returns to it.
+
+Power comes from RAPL (CPU packages) plus NVML (NVIDIA GPUs), each where it is readable (see
+host_power.py); `describe()` says which of them `power_w` covers here, or why neither works.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
 
 from cotrain.platform.base import PowerModeError, PowerModeInfo, TelemetrySample
-from cotrain.platform.cgroup import CgroupError, CgroupLayout, CpuQuotaGroup, detect_layout
+from cotrain.platform.cgroup import (
+    CgroupError,
+    CgroupLayout,
+    CpuQuotaGroup,
+    Descendants,
+    detect_layout,
+    psutil_descendants,
+)
+from cotrain.platform.host_power import NvmlReader, PowerReader, RaplReader
 from cotrain.platform.placement import AffinityPlacer, GetAffinity, SetAffinity
 
 QUOTA_STEPS_PCT = (75, 50, 25)
@@ -53,8 +64,23 @@ class HostPlatform:
         set_affinity: SetAffinity = os.sched_setaffinity,
         get_affinity: GetAffinity = os.sched_getaffinity,
         enable_quota: bool = True,
+        descendants: Descendants = psutil_descendants,
+        warn: Callable[[str], None] = lambda message: None,
+        rapl: PowerReader | None = None,
+        nvml: PowerReader | None = None,
     ) -> None:
+        """`rapl` and `nvml` default to the real readers (RaplReader(), NvmlReader()); `warn`
+        receives what restore could not undo (a cgroup that could not be emptied or removed)."""
         self._proc_root = proc_root
+        self._descendants = descendants
+        self._warn = warn
+        self._power: tuple[tuple[str, PowerReader], ...] = (
+            ("RAPL", RaplReader() if rapl is None else rapl),
+            ("NVML", NvmlReader() if nvml is None else nvml),
+        )
+        for _, reader in self._power:
+            if reader.available:
+                reader.read_w()  # prime: RAPL's first reading only starts the interval
         self._placer = AffinityPlacer(proc_root, set_affinity, get_affinity)
         self._all_cpus = tuple(sorted(get_affinity(0)))
         self._active_cpus = self._all_cpus
@@ -118,9 +144,11 @@ class HostPlatform:
             if pct is not None or self._group is not None:
                 if self._group is None:
                     assert self._layout is not None
-                    self._group = CpuQuotaGroup(self._layout, len(self._all_cpus), self._proc_root)
-                    for pid in self._requested:
-                        self._group.add(pid)
+                    self._group = CpuQuotaGroup(
+                        self._layout, len(self._all_cpus), self._proc_root, self._descendants
+                    )
+                for pid in self._requested:  # again each time: workers started since are included
+                    self._group.add(pid)
                 self._group.set_quota(None if pct is None else pct / 100 * cores / len(self._all_cpus))
         except CgroupError as exc:
             raise PowerModeError(f"cannot apply host mode {target.name}: {exc}") from None
@@ -140,9 +168,27 @@ class HostPlatform:
             per_cpu_util_percent=tuple(mine),
             memory_used_mb=psutil.virtual_memory().used / 2**20,
             temperature_c=_hottest_sensor_c(),
+            power_w=self._power_w(),
             power_mode=self._mode.name,
             source="psutil",
         )
+
+    def _power_w(self) -> float | None:
+        """The sum of the available readers; None if any of them has no reading this time, because
+        a partial sum would look like a drop in power."""
+        readings = [reader.read_w() for _, reader in self._power if reader.available]
+        values = [w for w in readings if w is not None]
+        return sum(values) if values and len(values) == len(readings) else None
+
+    def _describe_power(self) -> str:
+        used = [reader.reason for _, reader in self._power if reader.available]
+        missing = [
+            f"{name} unavailable: {reader.reason}" for name, reader in self._power if not reader.available
+        ]
+        if not used:
+            return "unsupported: " + "; ".join(missing)
+        what = " + ".join(used) + " (CPU packages and GPUs only: less than power at the wall)"
+        return "; ".join([what, *missing])
 
     def describe(self) -> dict[str, object]:
         quota = self._layout.describe() if self._layout else f"unsupported: {self._quota_reason}"
@@ -160,7 +206,7 @@ class HostPlatform:
             },
             "telemetry": {
                 "source": "psutil",
-                "power_w": "unsupported: no power sensor is read on a host yet",
+                "power_w": self._describe_power(),
                 "temperature": "psutil sensors"
                 if _hottest_sensor_c() is not None
                 else "unsupported: no sensors",
@@ -169,7 +215,8 @@ class HostPlatform:
 
     def restore(self) -> None:
         if self._group is not None:
-            self._group.remove()
+            for warning in self._group.remove():
+                self._warn(warning)
             self._group = None
         self._active_cpus = self._all_cpus
         self._mode = self._modes[0]

@@ -53,6 +53,11 @@ _NOT_CONNECTED = "NC"  # an unwired INA3221 channel: AGX Orin on JetPack 5 print
 _NOT_FIELDS = frozenset({"RAM", "SWAP", "IRAM"})
 # tegrastats prints -256C for a thermal zone whose sensor is powered off (CV0 on Xavier NX).
 _MIN_REAL_TEMPERATURE_C = -100.0
+# Temperatures that measure nothing on their own, left out of `TegrastatsSample.hottest_c`:
+# - PMIC: a fixed value, not a reading. Every captured line prints the same number for it
+#   (`PMIC@50C` on the Nano fixture, `PMIC@100C` on TX2/Xavier lines), whatever the load.
+# - thermal: tegrastats' average over the other zones, so it is never the hottest real one.
+PLACEHOLDER_TEMPERATURE_NAMES: frozenset[str] = frozenset({"pmic", "thermal"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,19 @@ class TegrastatsSample:
         """Module power in W from the instantaneous rails; None when no rail was printed."""
         total_mw = total_power_mw(self.rails_mw)
         return None if total_mw is None else total_mw / 1000.0
+
+    @property
+    def hottest_c(self) -> float | None:
+        """The board's hottest real sensor in °C; None when the line printed none.
+
+        Leaves out PLACEHOLDER_TEMPERATURE_NAMES (any case): PMIC's constant would otherwise be
+        the maximum on every Nano (50) and TX2/Xavier (100) line, and `thermal` is an average.
+        Powered-off zones (-256C) were already dropped by the parser.
+        """
+        real = [
+            c for name, c in self.temperatures_c.items() if name.lower() not in PLACEHOLDER_TEMPERATURE_NAMES
+        ]
+        return max(real) if real else None
 
 
 def total_power_mw(rails_mw: Mapping[str, float]) -> float | None:

@@ -39,6 +39,7 @@ class RequestRecord:
     batch_size: int | None = None
     variant: str = ""
     reason: str = ""
+    model_version: int = 0
 
     @property
     def latency_ns(self) -> int | None:
@@ -47,8 +48,10 @@ class RequestRecord:
         return self.end_ns - self.request.arrival_ns
 
 
-def shed(request: Request, reason: str, variant: str = "") -> RequestRecord:
-    return RequestRecord(request=request, outcome=Outcome.SHED, variant=variant, reason=reason)
+def shed(request: Request, reason: str, variant: str = "", model_version: int = 0) -> RequestRecord:
+    return RequestRecord(
+        request=request, outcome=Outcome.SHED, variant=variant, reason=reason, model_version=model_version
+    )
 
 
 def execute_batch(
@@ -56,6 +59,7 @@ def execute_batch(
     infer: Callable[[Sequence[Request]], Sequence[Any]],
     clock: Clock,
     variant: str,
+    model_version: int = 0,
 ) -> list[RequestRecord]:
     """Run `infer` on a batch and give every request exactly one record.
 
@@ -80,6 +84,7 @@ def execute_batch(
             batch_size=len(batch),
             variant=variant,
             reason=reason,
+            model_version=model_version,
         )
         for r in batch
     ]

@@ -31,6 +31,8 @@ from cotrain.messages import (
     Applied,
     Finished,
     InferenceStats,
+    LoadModel,
+    ModelSwapped,
     Ready,
     SetBatching,
     SetThreads,
@@ -69,6 +71,7 @@ def record_row(r: RequestRecord) -> tuple[object, ...]:
         "" if latency_ns is None else f"{latency_ns / NS_PER_MS:.3f}",
         "" if r.batch_size is None else r.batch_size,
         r.variant,
+        r.model_version,
         r.outcome.value,
         r.reason,
     )
@@ -85,6 +88,7 @@ class InferenceService:
         sample_indices: Iterator[int],
         clock: Clock | None = None,
         gate: InterleavingGate | None = None,
+        load_model: Callable[[str], Infer] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
@@ -100,6 +104,10 @@ class InferenceService:
             on_busy=gate.set if gate is not None else None,
         )
         self.gate = gate
+        self.model_version = 0
+        self._load_model = load_model
+        self._staged: tuple[Infer, int, float] | None = None  # (infer, version, prepare_ms)
+        self._staged_lock = threading.Lock()
         self.writer = CsvAppender(requests_csv, REQUEST_COLUMNS)
         self._sample_indices = sample_indices
         self._window = _Window()
@@ -161,7 +169,7 @@ class InferenceService:
                 with self._window.lock:
                     self._window.arrived += 1
                 if not self.queue.offer(request, at_ns):
-                    self._record([shed(request, "queue full", self.variant)])
+                    self._record([shed(request, "queue full", self.variant, self.model_version)])
         finally:
             self.arrivals_done.set()
 
@@ -181,8 +189,33 @@ class InferenceService:
             elif isinstance(message, SetThreads):
                 self._pending.put(message)
                 self.queue.wake()
+            elif isinstance(message, LoadModel):
+                threading.Thread(
+                    target=self._prepare, args=(message,), name="model-loader", daemon=True
+                ).start()
+
+    def _prepare(self, message: LoadModel) -> None:
+        """Load and warm a new model version off the serving path; the executor swaps it in."""
+        if self._load_model is None:
+            return
+        start_ns = self.clock.now_ns()
+        try:
+            infer = self._load_model(message.path)
+        except Exception as exc:  # a bad file must not stop the service: keep serving the old one
+            self.channel.send(
+                Applied("model_load_failed", f"v{message.version}: {exc}"[:300], self.clock.now_ns())
+            )
+            return
+        with self._staged_lock:
+            self._staged = (infer, message.version, (self.clock.now_ns() - start_ns) / NS_PER_MS)
+        self.queue.wake()
 
     def _apply_pending(self) -> None:
+        with self._staged_lock:
+            staged, self._staged = self._staged, None
+        if staged is not None:  # between batches: no request sees half a model
+            self.infer, self.model_version, prepare_ms = staged
+            self.channel.send(ModelSwapped(self.model_version, prepare_ms, self.clock.now_ns()))
         while True:
             try:
                 message = self._pending.get_nowait()
@@ -195,7 +228,7 @@ class InferenceService:
 
     def _run_batch(self, batch: list[Request]) -> None:
         try:
-            records = execute_batch(batch, self.infer, self.clock, self.variant)
+            records = execute_batch(batch, self.infer, self.clock, self.variant, self.model_version)
         finally:
             self.queue.batch_done()
         first = records[0]
@@ -229,7 +262,9 @@ class InferenceService:
                 self._run_batch(batch)
         leftovers = self.queue.drain()
         if leftovers:
-            self._record([shed(r, "stopped before dispatch", self.variant) for r in leftovers])
+            self._record(
+                [shed(r, "stopped before dispatch", self.variant, self.model_version) for r in leftovers]
+            )
         self._send_stats()
         self.writer.close()
 
@@ -286,6 +321,7 @@ def inference_process_main(
         from cotrain.workloads.models import build_model
 
         num_classes = config.model.num_classes or dataset_num_classes(config.dataset)
+        torch.manual_seed(seed)  # the same initial weights a continual job built with this seed
         model = build_model(config.model, num_classes).eval()
         pool, sample_indices = _sample_pool(config, seed)
         infer = make_infer(model, pool)
@@ -293,8 +329,22 @@ def inference_process_main(
             for size in sorted({1, config.batching.max_batch_size}):
                 model(torch.stack([pool[i % len(pool)] for i in range(size)]))
         variant = f"{config.model.name}/fp32"
+
+        def load_model(path: str) -> Infer:
+            fresh = build_model(config.model.model_copy(update={"weights": path}), num_classes).eval()
+            with torch.inference_mode():  # warm up off the serving path
+                fresh(torch.stack([pool[i % len(pool)] for i in range(config.batching.max_batch_size)]))
+            return make_infer(fresh, pool)
+
         service = InferenceService(
-            config, Path(requests_csv), channel, infer, variant, sample_indices, gate=gate
+            config,
+            Path(requests_csv),
+            channel,
+            infer,
+            variant,
+            sample_indices,
+            gate=gate,
+            load_model=load_model,
         )
         channel.send(Ready(pid=os.getpid(), detail=variant))
         start = wait_for_start(channel)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cotrain.clock import NS_PER_MS, NS_PER_S, Clock, MonotonicClock
 from cotrain.config import TrainingJobConfig
@@ -76,8 +76,9 @@ class Trainer:
         self.paused = job.paused
         self.stopping = False
         self.seed = seed
-        self.dataset = build_dataset(job.dataset)
+        self.dataset: Dataset[Any] = build_dataset(job.dataset)
         num_classes = job.model.num_classes or dataset_num_classes(job.dataset)
+        torch.manual_seed(seed)  # the same initial weights as an inference model built with this seed
         self.model = build_model(job.model, num_classes).train()
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
@@ -87,8 +88,10 @@ class Trainer:
         self._checkpointed_step = 0
         self.resumed_from: Path | None = None
         latest = load_latest(checkpoint_dir)
+        self.resume_state: dict[str, Any] = {}
         if latest is not None:
             self.resumed_from, state = latest
+            self.resume_state = state
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
@@ -257,15 +260,36 @@ class Trainer:
             self.checkpoint()
         return t_end_ns - t_data_ns
 
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Job-kind state saved with every checkpoint (continual: the served model version)."""
+        return {}
+
     def checkpoint(self) -> None:
         self._checkpointed_step = self.step
         save_checkpoint(
             self.checkpoint_dir,
             self.step,
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step},
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                **self.checkpoint_extra(),
+            },
         )
 
+    # --- hooks for job kinds (continual learning overrides them) -------------------------------
+
+    def begin(self, t0_ns: int) -> None:
+        """Called once when the run starts, before the first step."""
+
+    def after_step(self) -> None:
+        """Called after every step, at a safe boundary (the loader may be swapped here)."""
+
+    def finish(self) -> None:
+        """Called once when the loop ends, before the final checkpoint."""
+
     def run(self, t0_ns: int) -> None:
+        self.begin(t0_ns)
         period_ns = round(self.job.stats_period_s * NS_PER_S)
         next_stats_ns = t0_ns + period_ns
         while True:
@@ -281,9 +305,11 @@ class Trainer:
             if self.stopping or self.paused:
                 continue
             self._throttle(self.train_step(gate_wait_ms))
+            self.after_step()
             if self.clock.now_ns() >= next_stats_ns:
                 self._send_stats()
                 next_stats_ns = self.clock.now_ns() + period_ns
+        self.finish()
         if self.step != self._checkpointed_step:
             self.checkpoint()
         self._send_stats()
@@ -304,7 +330,22 @@ def training_process_main(
     channel = Channel(conn)
     try:
         worker_setup(threads)
-        trainer = Trainer(job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed, gate=gate)
+        trainer: Trainer
+        if job.kind == "continual":
+            from cotrain.workloads.training.continual import ContinualTrainer
+
+            trainer = ContinualTrainer(
+                job,
+                Path(train_csv),
+                Path(checkpoint_dir),
+                channel,
+                threads,
+                seed,
+                gate=gate,
+                run_dir=Path(train_csv).parent,
+            )
+        else:
+            trainer = Trainer(job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed, gate=gate)
         detail = f"{job.model.name}" + (
             f", resumed from {trainer.resumed_from.name}" if trainer.resumed_from else ""
         )
