@@ -213,9 +213,10 @@ def cmd_modes_list(args: argparse.Namespace) -> int:
         from cotrain.power_modes.nvpmodel import NvpmodelParseError, modes_json, parse_nvpmodel
 
         try:
+            text = Path(args.nvpmodel_conf).read_text(encoding="utf-8", errors="replace")
             data = modes_json(
-                parse_nvpmodel(Path(args.nvpmodel_conf).read_text(encoding="utf-8", errors="replace"))
-            )
+                parse_nvpmodel(text), verbose=not args.json
+            )  # --json: exactly the contract's keys
         except OSError as exc:
             _err(f"cannot read {args.nvpmodel_conf}: {exc.strerror or exc}")
             return EXIT_BAD_INPUT

@@ -33,8 +33,12 @@ Traps seen in real files, each handled here (see tests/test_nvpmodel.py):
 Unknown parameters, unknown section kinds and unknown line shapes are kept or recorded in
 `NvpmodelConf.skipped`; they never crash the parser. What nvpmodel itself could not apply is
 an error (`NvpmodelParseError`, naming the 1-based line): an unterminated `<` header, a mode
-without an integer ID or a NAME, a repeated mode id or name, a CLOCK value that is not an
-integer >= -1, a default that names no mode, or a file without any POWER_MODEL.
+without an integer ID or a NAME, a repeated mode id, a CLOCK value that is not an integer >= -1,
+a default that names no mode, or a file without any POWER_MODEL.
+
+A repeated mode NAME is not an error: nvpmodel selects modes by id (`nvpmodel -m <id>`), so a
+block copied and given a new ID still works on the device. Both modes are kept, the second
+header is recorded in `skipped`, and a lookup by that name finds the first.
 """
 
 from __future__ import annotations
@@ -134,7 +138,8 @@ class PowerMode:
 
 @dataclass(frozen=True)
 class SkippedLine:
-    """A line the parser did not use, and why. Kept so a reader can see nothing was lost silently."""
+    """A line the parser did not use, or used with a caveat (a repeated mode name), and why. Kept so
+    a reader can see nothing was lost or changed silently."""
 
     line: int
     text: str
@@ -160,7 +165,8 @@ class NvpmodelConf:
     skipped: tuple[SkippedLine, ...] = ()
 
     def mode(self, id_or_name: int | str) -> PowerMode:
-        """The mode with this id (int) or name (str). Raises KeyError naming the known modes."""
+        """The mode with this id (int) or name (str); for a repeated name, the first mode with it.
+        Raises KeyError naming the known modes."""
         for mode in self.modes:
             if (isinstance(id_or_name, int) and mode.id == id_or_name) or mode.name == id_or_name:
                 return mode
@@ -257,7 +263,7 @@ def _header(state: _State, number: int, line: str) -> None:
             )
         state.section = state.params[name] = _ParamDraft(name, ptype.upper(), number)
     elif kind == "POWER_MODEL":
-        mode = _new_mode(state, number, attrs)
+        mode = _new_mode(state, number, line, attrs)
         state.modes.append(mode)
         state.section = mode
     elif kind in ("PM_CONFIG", "PM_STATUS"):  # PM_STATUS: the 2017 TX2 spelling
@@ -289,7 +295,7 @@ def _required(number: int, kind: str, attrs: Mapping[str, str], key: str) -> str
     return attrs[key]
 
 
-def _new_mode(state: _State, number: int, attrs: Mapping[str, str]) -> _ModeDraft:
+def _new_mode(state: _State, number: int, line: str, attrs: Mapping[str, str]) -> _ModeDraft:
     raw_id = _required(number, "POWER_MODEL", attrs, "ID")
     name = _required(number, "POWER_MODEL", attrs, "NAME")
     if not raw_id.isdecimal():
@@ -300,10 +306,14 @@ def _new_mode(state: _State, number: int, attrs: Mapping[str, str]) -> _ModeDraf
             raise NvpmodelParseError(
                 number, f"POWER_MODEL ID={mode_id} is used twice (first at line {other.line})"
             )
+    for other in state.modes:
         if other.name == name:
-            raise NvpmodelParseError(
-                number, f"POWER_MODEL NAME={name} is used twice (first at line {other.line})"
+            reason = (
+                f"POWER_MODEL NAME={name} is used twice (first at line {other.line}, ID={other.id}): "
+                f"kept as ID={mode_id}, but a lookup by name finds ID={other.id}"
             )
+            state.skipped.append(SkippedLine(number, line, reason))
+            break
     return _ModeDraft(mode_id, name, number)
 
 
@@ -468,33 +478,33 @@ def _mhz(value: int | None, *, per_mhz: int, zero_uncapped: bool = False) -> flo
 # --- the acceptance-check view ------------------------------------------------------------------
 
 
-def modes_json(conf: NvpmodelConf) -> dict[str, Any]:
+def modes_json(conf: NvpmodelConf, verbose: bool = False) -> dict[str, Any]:
     """The modes as plain JSON data: the format the acceptance check reads.
 
-    `default_id` is null only for a file without PM_CONFIG. Each mode has exactly the keys
-    id, name, online_cores, cpu_max_mhz (CPU clock name as in the file -> MHz or null),
-    gpu_max_mhz and tpc_pg_mask, plus extras (emc_max_mhz, fbp_pg_mask, online_core_ids,
-    needs_reboot_from_default).
+    The top level has exactly `default_id` (null only for a file without PM_CONFIG) and `modes`.
+    Each mode has exactly the keys the check specifies: id, name, online_cores, cpu_max_mhz (CPU
+    clock name as in the file -> MHz or null), gpu_max_mhz and tpc_pg_mask. `verbose` adds
+    emc_max_mhz, fbp_pg_mask, online_core_ids and needs_reboot_from_default (null without a
+    default mode), for people, not for the check.
     """
     default = conf.default_mode
-    return {
-        "default_id": conf.default_id,
-        "modes": [
-            {
-                "id": m.id,
-                "name": m.name,
-                "online_cores": m.online_cores,
-                "cpu_max_mhz": dict(m.cpu_max_mhz),
-                "gpu_max_mhz": m.gpu_max_mhz,
-                "tpc_pg_mask": m.tpc_pg_mask,
-                "emc_max_mhz": m.emc_max_mhz,
-                "fbp_pg_mask": m.fbp_pg_mask,
-                "online_core_ids": list(m.online_core_ids),
-                "needs_reboot_from_default": None if default is None else m.needs_reboot_from(default),
-            }
-            for m in conf.modes
-        ],
-    }
+    modes: list[dict[str, Any]] = []
+    for m in conf.modes:
+        mode: dict[str, Any] = {
+            "id": m.id,
+            "name": m.name,
+            "online_cores": m.online_cores,
+            "cpu_max_mhz": dict(m.cpu_max_mhz),
+            "gpu_max_mhz": m.gpu_max_mhz,
+            "tpc_pg_mask": m.tpc_pg_mask,
+        }
+        if verbose:
+            mode["emc_max_mhz"] = m.emc_max_mhz
+            mode["fbp_pg_mask"] = m.fbp_pg_mask
+            mode["online_core_ids"] = list(m.online_core_ids)
+            mode["needs_reboot_from_default"] = None if default is None else m.needs_reboot_from(default)
+        modes.append(mode)
+    return {"default_id": conf.default_id, "modes": modes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,8 +39,15 @@ def names(modes: list[PowerMode] | tuple[PowerMode, ...]) -> list[str]:
 
 # --- every real file ----------------------------------------------------------------------------
 
+REAL_FILES = sorted(FIXTURES.glob("*.conf"))
 
-@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.conf")), ids=lambda p: p.name[-28:])
+
+def test_the_real_files_are_there() -> None:
+    """Trap: a missing fixture directory turning the parametrised test below into zero tests."""
+    assert {AGX_64, AGX_32, NANO, OASIS} <= {p.name for p in REAL_FILES}, f"fixtures missing in {FIXTURES}"
+
+
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: p.name[-28:])
 def test_every_real_file_parses_without_dropping_a_line(path: Path) -> None:
     """Trap: any of the real formats (old Nano, Orin, user-edited) tripping the parser or losing lines."""
     conf = parse_nvpmodel(path.read_text(encoding="utf-8"))
@@ -457,7 +464,6 @@ def test_unknown_params_sections_and_line_shapes_are_recorded_not_fatal() -> Non
         ("< POWER_MODEL ID=x NAME=A >\n", 1, "non-negative integer"),
         ("< POWER_MODEL ID=\u00b2 NAME=A >\n", 1, "non-negative integer"),  # isdigit() but not int()
         ("< POWER_MODEL ID=0 NAME=A >\n\n< POWER_MODEL ID=0 NAME=B >\n", 3, "used twice (first at line 1)"),
-        ("< POWER_MODEL ID=0 NAME=A >\n< POWER_MODEL ID=1 NAME=A >\n", 2, "NAME=A is used twice"),
         (
             "< PARAM TYPE=CLOCK NAME=GPU >\n< POWER_MODEL ID=0 NAME=A >\nGPU MAX_FREQ fast\n",
             3,
@@ -480,6 +486,30 @@ def test_malformed_files_name_the_line(text: str, line: int, fragment: str) -> N
 
     assert info.value.line == line
     assert fragment in str(info.value) and str(info.value).startswith(f"line {line}: ")
+
+
+def test_a_repeated_mode_name_keeps_both_modes_and_warns() -> None:
+    """Bug: a user who copied a mode block and changed only its ID got no modes at all (a parse error).
+    nvpmodel selects by id, so both modes work on the device: keep both, warn, and let a lookup by
+    name find the first."""
+    text = (
+        "< POWER_MODEL ID=0 NAME=MODE_15W >\nGPU MAX_FREQ 408000000\n"
+        "< POWER_MODEL ID=1 NAME=MODE_15W >\nGPU MAX_FREQ 612000000\n"
+        "< PM_CONFIG DEFAULT=1 >\n"
+    )
+
+    conf = parse_nvpmodel(text)
+
+    assert [(m.id, m.name, m.gpu_max_mhz) for m in conf.modes] == [
+        (0, "MODE_15W", 408.0),
+        (1, "MODE_15W", 612.0),
+    ]
+    assert conf.mode("MODE_15W").id == 0 and conf.mode(1).gpu_max_mhz == 612.0
+    assert conf.default_id == 1
+    [warning] = conf.skipped
+    assert (warning.line, warning.text) == (3, "< POWER_MODEL ID=1 NAME=MODE_15W >")
+    assert "NAME=MODE_15W is used twice (first at line 1, ID=0)" in warning.reason
+    assert [m["id"] for m in modes_json(conf)["modes"]] == [0, 1]
 
 
 def test_default_may_name_a_mode_by_name() -> None:
@@ -528,21 +558,40 @@ def test_arbitrary_text_parses_or_raises_parse_error(text: str) -> None:
 # --- the data model and the JSON view ------------------------------------------------------------
 
 
-def test_modes_json_has_the_acceptance_keys_and_nulls() -> None:
-    """Trap: a missing key, a renamed key, 0 instead of null for uncapped, or a clock a mode does not set
-    showing up in its cpu_max_mhz."""
+ACCEPTANCE_KEYS = {"id", "name", "online_cores", "cpu_max_mhz", "gpu_max_mhz", "tpc_pg_mask"}
+VERBOSE_EXTRAS = {"emc_max_mhz", "fbp_pg_mask", "online_core_ids", "needs_reboot_from_default"}
+
+
+def test_modes_json_has_exactly_the_acceptance_keys_and_nulls() -> None:
+    """Trap: a missing, renamed or extra key (the check wants exactly these), 0 instead of null for
+    uncapped, or a clock a mode does not set showing up in its cpu_max_mhz."""
     data = modes_json(fixture(AGX_64))
 
     maxn, low = data["modes"][0], data["modes"][1]
 
-    required = {"id", "name", "online_cores", "cpu_max_mhz", "gpu_max_mhz", "tpc_pg_mask"}
     assert data["default_id"] == 2 and set(data) == {"default_id", "modes"}
-    assert all(required <= set(m) for m in data["modes"])
+    assert all(set(m) == ACCEPTANCE_KEYS for m in data["modes"])
     assert maxn["cpu_max_mhz"] == {"CPU_A78_0": None, "CPU_A78_1": None, "CPU_A78_2": None}
-    assert (maxn["gpu_max_mhz"], maxn["tpc_pg_mask"], maxn["emc_max_mhz"]) == (None, 0, None)
+    assert (maxn["gpu_max_mhz"], maxn["tpc_pg_mask"]) == (None, 0)
     assert low["cpu_max_mhz"] == {"CPU_A78_0": 1113.6}
-    assert [m["needs_reboot_from_default"] for m in data["modes"]] == [True, True, False, True]
     assert '"gpu_max_mhz": null' in json.dumps(maxn)
+
+
+def test_verbose_modes_json_adds_the_extras() -> None:
+    """Trap: the extras leaking into the default output, or vanishing from the verbose one."""
+    conf = fixture(AGX_64)
+
+    data = modes_json(conf, verbose=True)
+
+    assert set(data) == {"default_id", "modes"}
+    assert all(set(m) == ACCEPTANCE_KEYS | VERBOSE_EXTRAS for m in data["modes"])
+    maxn, low = data["modes"][0], data["modes"][1]
+    assert (maxn["emc_max_mhz"], low["emc_max_mhz"], low["fbp_pg_mask"]) == (None, 2133.0, None)
+    assert low["online_core_ids"] == [0, 1, 2, 3]
+    assert [m["needs_reboot_from_default"] for m in data["modes"]] == [True, True, False, True]
+    assert [{k: m[k] for k in ACCEPTANCE_KEYS} for m in data["modes"]] == modes_json(conf)["modes"]
+    no_default = parse_nvpmodel("< POWER_MODEL ID=0 NAME=A >\n")
+    assert modes_json(no_default, verbose=True)["modes"][0]["needs_reboot_from_default"] is None
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,12 @@ def test_affinity_calls_go_through_the_injected_functions(tmp_path: Path) -> Non
 
 
 def test_telemetry_reports_cpu_and_memory() -> None:
-    sample = HostPlatform().telemetry()
+    platform = HostPlatform()
+    sample = platform.telemetry()
     assert sample.memory_used_mb is not None and sample.memory_used_mb > 0
     assert sample.per_cpu_util_percent is not None
-    assert sample.power_w is None  # no power sensor on a plain host
+    power = platform.describe()["telemetry"]
+    assert isinstance(power, dict)
+    assert (sample.power_w is None) == power["power_w"].startswith(
+        "unsupported"
+    )  # None only without RAPL/NVML

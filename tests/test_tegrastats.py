@@ -9,8 +9,11 @@ where they are used.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import multiprocessing
+import os
 import signal
 import stat
 import subprocess
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,7 +92,9 @@ def test_non_sample_lines_are_counted_not_parsed() -> None:
 
 def test_orin_telemetry_csv_rows_are_not_tegrastats_lines() -> None:
     """The orin-telemetry CSVs are derived from tegrastats ("Used RAM (MB)" headers), not raw lines."""
-    for path in sorted((FIXTURES / "orin-telemetry").glob("*.csv")):
+    paths = sorted((FIXTURES / "orin-telemetry").glob("*.csv"))
+    assert paths, f"no fixtures in {FIXTURES / 'orin-telemetry'}: this test would check nothing"
+    for path in paths:
         lines = fixture_lines(path)
         samples, skipped = parse_tegrastats_lines(lines)
         assert samples == [], path.name
@@ -196,6 +202,28 @@ def test_nano_line_uses_pom_5v_in_as_the_total() -> None:
     assert dict(s.temperatures_c) == {
         "PLL": 24.5, "CPU": 27.5, "PMIC": 50.0, "GPU": 28.5, "AO": 29.0, "thermal": 28.0,
     }  # fmt: skip
+    assert s.hottest_c == 29.0  # AO; not PMIC's constant 50
+
+
+def test_hottest_temperature_leaves_out_pmic_and_the_thermal_average() -> None:
+    """Bug: the board temperature was the max over every zone, so the constant `PMIC@100C` of TX2 and
+    Xavier (and `PMIC@50C` on the Nano) was reported as the hottest sensor on every line."""
+    tx2 = parse(
+        "RAM 2344/7852MB (lfb 1154x4MB) CPU [1%@345,off] PLL@37.5C MCPU@37.5C PMIC@100C Tboard@32C "
+        "GPU@35C BCPU@37.5C thermal@36.5C Tdiode@34.25C VDD_IN 3056/3056"
+    )  # DATADOG tx2Sample
+    xavier = parse(
+        "RAM 721/31927MB (lfb 7291x4MB) CPU [2%@1190] AO@37.5C GPU@37.5C Tdiode@40C PMIC@100C "
+        "AUX@36C CPU@37.5C thermal@36.9C Tboard@37C GPU 0/0"
+    )  # DATADOG agXSample
+    only_placeholders = parse("RAM 1/2MB CPU [1%@100] PMIC@100C thermal@41.6C CV0@-256C")
+
+    assert (tx2.hottest_c, xavier.hottest_c) == (37.5, 40.0)
+    assert max(tx2.temperatures_c.values()) == 100.0  # the raw reading is still there
+    assert only_placeholders.hottest_c is None and dict(only_placeholders.temperatures_c) == {
+        "PMIC": 100.0,
+        "thermal": 41.6,
+    }
 
 
 # --- formats we have no fixture for ------------------------------------------------------
@@ -609,6 +637,7 @@ def test_reader_passes_the_documented_popen_arguments(
     assert argv == [str(binary), "--interval", "250"]
     assert kwargs["stdin"] is subprocess.DEVNULL and kwargs["stdout"] is subprocess.PIPE
     assert kwargs["text"] is True
+    assert kwargs["start_new_session"] is True and callable(kwargs["preexec_fn"])
 
 
 def test_missing_binary_raises_a_clear_error_at_start(
@@ -725,3 +754,126 @@ def test_interval_must_be_positive() -> None:
     """`--interval 0` would make tegrastats spin; refuse it before starting anything."""
     with pytest.raises(ValueError, match="interval_ms"):
         TegrastatsReader("tegrastats", interval_ms=0)
+
+
+# --- the child must not outlive cotrain ------------------------------------------------------
+
+
+def _run_reader_until_killed(binary: str, ready: Any) -> None:
+    """The body of a spawned stand-in for cotrain: start a reader, report, then wait to be killed."""
+    reader = TegrastatsReader(binary, interval_ms=10)
+    reader.start()
+    ready.put(reader.wait_for_samples(1, timeout_s=30))
+    threading.Event().wait()
+
+
+def _ended_within(proc: psutil.Process, timeout_s: float) -> bool:
+    """Poll until `proc` is gone or a zombie (a container's init may never reap it), or time out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _quiet_tegrastats(tmp_path: Path, pid_file: Path) -> Path:
+    """A fake that records its pid, prints one sample and then stays silent, as tegrastats does
+    between samples of a long --interval. Silent, it never writes to the dead pipe, so no EPIPE
+    or SIGPIPE ends it: only a signal can."""
+    return fake_tegrastats(
+        tmp_path,
+        fixture_lines(NANO)[:1],
+        setup=f"open({str(pid_file)!r}, 'w').write(str(__import__('os').getpid()))",
+        keep_going="n < 1",
+        finish="while True:\n    signal.pause()",
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_tegrastats_ends_when_cotrain_is_sigkilled(tmp_path: Path) -> None:
+    """Bug: the child runs in its own session, so a SIGKILLed cotrain (OOM killer, `kill -9`) left
+    tegrastats running forever. The kernel's parent-death signal now ends it."""
+    pid_file = tmp_path / "tegrastats.pid"
+    binary = _quiet_tegrastats(tmp_path, pid_file)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    helper = ctx.Process(target=_run_reader_until_killed, args=(str(binary), ready), daemon=True)
+    helper.start()
+    child: psutil.Process | None = None
+    try:
+        assert ready.get(timeout=120) is True, "the helper's reader read no sample"
+        child = psutil.Process(int(pid_file.read_text()))
+        assert child.ppid() == helper.pid
+
+        os.kill(helper.pid, signal.SIGKILL)
+        helper.join(timeout=30)
+
+        assert helper.exitcode == -signal.SIGKILL
+        assert _ended_within(child, timeout_s=30), "tegrastats outlived the process that started it"
+    finally:
+        if child is not None and child.is_running():
+            child.kill()
+        if helper.is_alive():
+            helper.kill()
+        ready.close()
+
+
+def test_a_reader_started_from_a_short_lived_thread_keeps_running(
+    tmp_path: Path, readers: Callable[..., TegrastatsReader]
+) -> None:
+    """Trap: the parent-death signal follows the thread that forked the child, not the process. Forked
+    from the thread that calls start(), tegrastats would get SIGTERM as soon as that thread ended."""
+    reader = readers(fake_tegrastats(tmp_path, fixture_lines(NANO)), interval_ms=10)
+    starter = threading.Thread(target=reader.start)
+    starter.start()
+    starter.join(timeout=30)
+    assert not starter.is_alive()
+
+    more = reader.wait_for_samples(reader.samples_read + 5, timeout_s=30)
+
+    assert more and reader.alive and reader.error is None
+
+
+class _RefusingProcess:
+    """A process that cannot be signalled (EPERM: it changed credentials) and whose output pipe we own."""
+
+    pid = 4_000_000
+
+    def __init__(self) -> None:
+        read_fd, self.write_fd = os.pipe()
+        self.stdout = os.fdopen(read_fd, encoding="utf-8")
+
+    def poll(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        raise subprocess.TimeoutExpired("tegrastats", timeout or 0)
+
+    def send_signal(self, sig: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+
+def test_stop_never_raises_when_the_process_refuses_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: PermissionError from killpg and then send_signal escaped stop(), so the restore path that
+    calls it was cut short. Now stop() finishes and `error` says what it could not do."""
+    proc = _RefusingProcess()
+
+    def refuse(pid: int, sig: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "killpg", refuse)
+    reader = TegrastatsReader("tegrastats", popen=lambda *a, **k: proc, stop_timeout_s=0.01)
+    reader.start()
+
+    reader.stop()  # the reader thread stays blocked on the pipe: join times out after 0.01 s
+
+    error = reader.error
+    assert error is not None
+    assert "cannot send SIGTERM" in error and "cannot send SIGKILL" in error and "not permitted" in error
+    os.close(proc.write_fd)  # end-of-file: now the reader thread can finish
+    assert reader.wait_for_exit(timeout_s=30)
+    proc.stdout.close()

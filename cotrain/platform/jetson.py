@@ -364,7 +364,7 @@ class JetsonPlatform:
             per_cpu_util_percent=tuple(loads),
             memory_used_mb=float(sample.ram_used_mb),
             power_w=sample.total_power_w,
-            temperature_c=max(sample.temperatures_c.values()) if sample.temperatures_c else None,
+            temperature_c=sample.hottest_c,
             gpu_util_percent=sample.gpu_load_pct,
             gpu_freq_mhz=sample.gpu_freq_mhz,
             power_mode=mode,
