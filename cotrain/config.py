@@ -185,10 +185,44 @@ class ContinualConfig(StrictModel):
     drift: DriftConfig = DriftConfig()
 
 
+class RemoteServerConfig(StrictModel):
+    """A real fleet's Flower SuperLink. TLS unless `insecure` is set explicitly."""
+
+    address: str = Field(min_length=3, description="host:port of the SuperLink's Fleet API")
+    root_certificates: str | None = Field(
+        None, description="CA bundle (PEM) that signed the SuperLink's certificate"
+    )
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> RemoteServerConfig:
+        if not self.insecure and self.root_certificates is None:
+            raise ValueError("give root_certificates for TLS, or set insecure: true explicitly")
+        return self
+
+
+class FederatedConfig(StrictModel):
+    """A Flower client whose local training runs in cotrain's own training loop.
+
+    `server: local` starts a FedAvg SuperLink and one SuperNode per federated job on 127.0.0.1
+    (a self-contained demo); a `{address, root_certificates}` mapping joins a real fleet.
+    """
+
+    server: Literal["local"] | RemoteServerConfig = "local"
+    rounds: int = Field(3, ge=1, le=100_000, description="with a local server: FedAvg rounds")
+    local_steps: int = Field(20, ge=1, le=1_000_000, description="SGD steps per round on local data")
+    round_timeout_s: float = Field(600.0, gt=0, le=86_400)
+    partition_id: int | None = Field(None, ge=0, description="this client's data shard; default: its order")
+    num_partitions: int | None = Field(None, ge=1, description="default: the number of federated jobs")
+
+
 class TrainingJobConfig(PlacementMixin):
     name: str = Field(pattern=JOB_NAME_PATTERN)
-    kind: Literal["sgd", "continual"] = Field("sgd", description="sgd: plain training over the dataset")
+    kind: Literal["sgd", "continual", "federated"] = Field(
+        "sgd", description="sgd: plain training over the dataset"
+    )
     continual: ContinualConfig | None = Field(None, description="with kind continual; defaults if absent")
+    federated: FederatedConfig | None = Field(None, description="with kind federated; defaults if absent")
     model: ModelConfig
     dataset: DatasetConfig
     batch_size: int = Field(32, ge=1, le=65_536)

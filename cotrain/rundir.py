@@ -7,7 +7,9 @@ summary recomputation all read these files, so a live, finished or crashed run r
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 
 RUN_MARKERS = ("config.yaml", "events.jsonl", "summary.json")
@@ -54,6 +56,20 @@ class RunDir:
 
     def checkpoints(self, job: str) -> Path:
         return self.path / "checkpoints" / job
+
+    @property
+    def federation(self) -> Path:
+        """Flower's working directory for a local federation (FLWR_HOME, logs, rounds.csv)."""
+        return self.path / "fl"
+
+    def bridge_socket(self, job: str) -> Path:
+        """The Unix socket a federated job serves its Flower shim on.
+
+        Kept short under the temp dir (a socket path may not exceed 107 bytes, and run
+        directories can be deep), and unique per run directory and job.
+        """
+        digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"cotrain-{digest}-{job}.sock"
 
     def is_run(self) -> bool:
         return any((self.path / m).exists() for m in RUN_MARKERS)

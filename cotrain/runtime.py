@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from cotrain.clock import NS_PER_S, Clock, MonotonicClock
-from cotrain.config import ExperimentConfig, dump_config
+from cotrain.config import ExperimentConfig, FederatedConfig, dump_config
 from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs
 from cotrain.controllers.base import Policy
 from cotrain.controllers.registry import build_policy
@@ -194,6 +195,9 @@ class Runtime:
         self._stop_reason: str | None = None
         self._signals = 0
         self._restoring = False
+        self._federation: Any = None
+        self._remote_federations: list[Any] = []
+        self._rounds_seen = 0
         self._inference_stats: list[InferenceStats] = []
         self._training_stats: dict[str, list[TrainingStats]] = {job: [] for job in self.knobs.training}
         self._wake_r: Connection | None = None
@@ -350,7 +354,101 @@ class Runtime:
         )
         self._log(f"  {worker} placed on CPUs {now}")
 
+    # --- federated learning --------------------------------------------------------------------
+
+    def _federated_jobs(self, local: bool) -> list[Any]:
+        return [
+            j
+            for j in self.config.workloads.training
+            if j.kind == "federated" and (((j.federated or FederatedConfig()).server == "local") == local)
+        ]
+
+    def _start_federations(self) -> None:
+        """A local FedAvg server side (one SuperNode per local job), and a SuperNode per remote job."""
+        from cotrain.workloads.training.federated.local_fleet import (
+            LocalFederation,
+            RemoteFederation,
+            RemoteSuperLink,
+        )
+
+        local = self._federated_jobs(local=True)
+        if local:
+            self._log(f"starting a local Flower federation on 127.0.0.1 for {len(local)} client(s)")
+            self._federation = LocalFederation(
+                self.run_dir.federation, [self.run_dir.bridge_socket(j.name) for j in local]
+            )
+            self._federation.start()
+            self.event("federation_started", server="local", clients=[j.name for j in local])
+        for i, job in enumerate(self._federated_jobs(local=False)):
+            fed = job.federated
+            assert fed is not None and not isinstance(fed.server, str)
+            remote = RemoteFederation(
+                RemoteSuperLink(
+                    fed.server.address,
+                    Path(fed.server.root_certificates) if fed.server.root_certificates else None,
+                    fed.server.insecure,
+                ),
+                self.run_dir.federation / job.name,
+                self.run_dir.bridge_socket(job.name),
+                partition_id=fed.partition_id if fed.partition_id is not None else i,
+                num_partitions=fed.num_partitions or 1,
+            )
+            remote.start()
+            self._remote_federations.append(remote)
+            self.event("federation_started", server=fed.server.address, clients=[job.name])
+
+    def _submit_federated_run(self) -> None:
+        if self._federation is None:
+            return
+        from cotrain.workloads.training.federated.local_fleet import RunSettings
+
+        first = self._federated_jobs(local=True)[0]
+        fed = first.federated or FederatedConfig()
+        settings = RunSettings(
+            initial_arrays=self.run_dir.federation / f"initial-{first.name}.npz",
+            num_rounds=fed.rounds,
+            round_timeout_s=fed.round_timeout_s,
+            bridge_timeout_s=max(1.0, fed.round_timeout_s - 30.0),
+            local_steps=fed.local_steps,
+        )
+        run_id = self._federation.submit(settings)
+        self.event("federated_run_submitted", run_id=run_id, rounds=fed.rounds, local_steps=fed.local_steps)
+
+    def _record_rounds(self) -> None:
+        if self._federation is None:
+            return
+        try:
+            rows = self._federation.rounds()
+        except Exception as exc:  # a torn or odd rounds file must not stop the control loop
+            self._log(f"[yellow]federated rounds unreadable: {exc}[/yellow]")
+            return
+        for row in rows[self._rounds_seen :]:
+            self.event(
+                "federated_round",
+                round=row.round,
+                clients=row.clients,
+                train_loss=row.train_loss,
+                eval_accuracy=row.eval_accuracy,
+                round_s=row.round_s,
+            )
+            self._log(
+                f"  federated round {row.round}: {row.clients} client(s), loss {row.train_loss:.3f}, "
+                f"accuracy {row.eval_accuracy:.3f}"
+            )
+        self._rounds_seen = len(rows)
+
+    def _stop_federations(self) -> None:
+        if self._federation is not None:
+            self._record_rounds()
+            self._federation.stop()
+            self.event("federation_stopped", server="local")
+            self._federation = None
+        for remote in self._remote_federations:
+            remote.stop()
+        self._remote_federations = []
+
     def _tick(self, window_s: float, state: Any) -> Any:
+        self._record_rounds()
         sample = self.platform.telemetry()
         now_s = self._elapsed_s()
         if self._telemetry is not None:
@@ -429,7 +527,22 @@ class Runtime:
                     self.gate,
                 ),
             )
+        federated = [j.name for j in config.workloads.training if j.kind == "federated"]
         for job in config.workloads.training:
+            if job.kind == "federated":
+                fed = job.federated or FederatedConfig()
+                job = job.model_copy(
+                    update={
+                        "federated": fed.model_copy(
+                            update={
+                                "partition_id": fed.partition_id
+                                if fed.partition_id is not None
+                                else federated.index(job.name),
+                                "num_partitions": fed.num_partitions or len(federated),
+                            }
+                        )
+                    }
+                )
             self.supervisor.spawn(
                 train_worker(job.name),
                 training_process_main,
@@ -517,6 +630,7 @@ class Runtime:
                             f"started {len(self.supervisor.workers)} workload process(es), loading models"
                         )
                         self._wait_ready()
+                        self._start_federations()
                         self._apply_initial_placement()
                         mode = self.config.platform.power_mode
                         if mode is not None and not self._set_power_mode(
@@ -527,6 +641,7 @@ class Runtime:
                         self.event("run_started", duration_s=self.config.duration_s)
                         self._decide_record(0.0, Action(reason="initial knobs from config"))
                         self.supervisor.broadcast(Start(self._t0_ns))
+                        self._submit_federated_run()
                         self._log(f"running for {self.config.duration_s:g} s -> {run_dir.path}")
                         self._control_loop()
                     except KeyboardInterrupt:
@@ -563,6 +678,7 @@ class Runtime:
 
     def _shutdown(self) -> None:
         """Stop arrivals and training, wait for the drain, record the end of the run window."""
+        self._stop_federations()
         if self._t0_ns is not None:
             status = self.status
             if self._stop_reason is not None:

@@ -125,8 +125,39 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
         entry.update(training_summary(read_csv_rows(run.train_csv(name)), start_s, stop_s))
         if entry["kind"] == "continual":
             entry.update(continual_summary(read_csv_rows(run.path / f"continual-{name}.csv")))
+        elif entry["kind"] == "federated":
+            entry.update(federated_summary(read_csv_rows(run.path / f"federated-{name}.csv")))
         summary["training"][name] = entry
+    server_rounds = read_csv_rows(run.path / "fl" / "rounds.csv")
+    if server_rounds:
+        last = server_rounds[-1]
+        summary["federation"] = {
+            "rounds_completed": sum(1 for r in server_rounds if int(r["clients"]) > 0),
+            "clients_last_round": int(last["clients"]),
+            "last_round_loss": _float_or_none(last["train_loss"]),
+            "last_round_accuracy": _float_or_none(last["eval_accuracy"]),
+        }
     return summary
+
+
+def _float_or_none(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return None if number != number else round(number, 6)  # NaN: a round without replies
+
+
+def federated_summary(rounds: list[dict[str, str]]) -> dict[str, Any]:
+    """Rounds this client trained in, and the loss of its last one (from federated-<job>.csv)."""
+    last = rounds[-1] if rounds else None
+    return {
+        "rounds_completed": len(rounds),
+        "last_round_loss": float(last["train_loss"]) if last else None,
+        "last_eval_accuracy": _float_or_none(last["eval_accuracy"])
+        if last and last["eval_accuracy"]
+        else None,
+    }
 
 
 def continual_summary(windows: list[dict[str, str]]) -> dict[str, Any]:

@@ -288,6 +288,15 @@ class Trainer:
     def finish(self) -> None:
         """Called once when the loop ends, before the final checkpoint."""
 
+    def has_work(self) -> bool:
+        """Whether to take a step now. Plain and continual jobs always train; a federated client
+        trains only inside a round the server asked for."""
+        return True
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        """Idle until there may be work, handling commands meanwhile."""
+        self._poll_commands(timeout_s)
+
     def run(self, t0_ns: int) -> None:
         self.begin(t0_ns)
         period_ns = round(self.job.stats_period_s * NS_PER_S)
@@ -301,6 +310,12 @@ class Trainer:
                     next_stats_ns = self.clock.now_ns() + period_ns
             if self.stopping:
                 break
+            if not self.has_work():
+                self.wait_for_work(max(0.01, min(0.1, (next_stats_ns - self.clock.now_ns()) / NS_PER_S)))
+                if self.clock.now_ns() >= next_stats_ns:
+                    self._send_stats()
+                    next_stats_ns = self.clock.now_ns() + period_ns
+                continue
             gate_wait_ms = self._yield_to_inference()
             if self.stopping or self.paused:
                 continue
@@ -331,7 +346,20 @@ def training_process_main(
     try:
         worker_setup(threads)
         trainer: Trainer
-        if job.kind == "continual":
+        if job.kind == "federated":
+            from cotrain.workloads.training.federated_client import FederatedTrainer
+
+            trainer = FederatedTrainer(
+                job,
+                Path(train_csv),
+                Path(checkpoint_dir),
+                channel,
+                threads,
+                seed,
+                gate=gate,
+                run_dir=Path(train_csv).parent,
+            )
+        elif job.kind == "continual":
             from cotrain.workloads.training.continual import ContinualTrainer
 
             trainer = ContinualTrainer(
