@@ -245,3 +245,18 @@ def test_modes_are_ranked_by_capability_not_file_order() -> None:
     )
     infos = tuple(PowerModeInfo(m.id, m.name, m.online_cores, rank=capability(m)) for m in conf.modes)
     assert by_capability(infos) == ("MAXN", "25W", "15W", "10W")
+
+
+def test_clusters_fall_back_to_the_conf_when_sysfs_has_no_topology(tmp_path: Path) -> None:
+    import shutil
+
+    device = Device(tmp_path)
+    for topology in (device.root / "sys/devices/system/cpu").glob("cpu*/topology"):
+        shutil.rmtree(topology)
+    for cpufreq in (device.root / "sys/devices/system/cpu").glob("cpu*/cpufreq"):
+        for name in ("related_cpus", "affected_cpus"):
+            (cpufreq / name).unlink(missing_ok=True)
+    platform = device.platform()
+    assert all(len(c) == 1 for c in platform.sysfs.clusters()), "sysfs alone finds no grouping"
+    assert platform.clusters() == ((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11))
+    platform.restore()

@@ -183,7 +183,17 @@ class JetsonPlatform:
         return self._cpus
 
     def clusters(self) -> tuple[tuple[int, ...], ...]:
-        return self.sysfs.clusters() or tuple((c,) for c in self._cpus)
+        """From sysfs topology; else (sysfs found no grouping) from the nvpmodel.conf's CPU clock
+        domains, the board tables' rule; else one CPU per cluster."""
+        found = self.sysfs.clusters()
+        if found and any(len(c) > 1 for c in found):
+            return found  # sysfs knows real groupings; all-singletons means it knew nothing
+        if self.conf is not None:
+            from cotrain.power_modes.boards import derive_clusters
+
+            with _suppress_all():
+                return tuple(c.core_ids for c in derive_clusters(self.conf))
+        return tuple((c,) for c in self._cpus)
 
     def attach(self, pid: int) -> None:
         """Power modes are device-wide on a Jetson: nothing to do per process."""
