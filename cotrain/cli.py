@@ -313,6 +313,21 @@ def cmd_parse_tegrastats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from cotrain.overhead import run_overhead_bench
+
+    result = run_overhead_bench(Path(args.out), requests=args.requests, rate_per_s=args.rate)
+    o = result["overhead_ms"]
+    verdict = "meets" if o["p99"] <= result["target_p99_ms"] else "misses"
+    print(
+        f"cotrain overhead per request over {result['requests']} requests: p50 {o['p50']:.3f} ms, "
+        f"p99 {o['p99']:.3f} ms, max {o['max']:.3f} ms "
+        f"({verdict} the {result['target_p99_ms']} ms p99 target)"
+    )
+    print(f"written: {Path(args.out) / 'overhead.json'}")
+    return EXIT_OK
+
+
 def _add_platform_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=("host", "jetson"), help="default: detected")
     parser.add_argument("--root", default="/", help="filesystem root to read the device from (for fakes)")
@@ -362,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_platform_args(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_modes_list)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    overhead = bench_sub.add_parser("overhead", help="time cotrain adds per request beyond the model")
+    overhead.add_argument("--out", required=True, metavar="DIR")
+    overhead.add_argument("--requests", type=int, default=2000)
+    overhead.add_argument(
+        "--rate", type=float, default=200.0, help="arrivals per second (spaced, no queueing)"
+    )
+    overhead.set_defaults(func=cmd_bench_overhead)
 
     telemetry = sub.add_parser("telemetry", help="telemetry tools")
     telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", required=True)

@@ -115,7 +115,58 @@ class PoissonArrivalsConfig(StrictModel):
     seed: int = 0
 
 
-ArrivalsConfig = Annotated[ConstantArrivalsConfig | PoissonArrivalsConfig, Field(discriminator="process")]
+class TraceArrivalsConfig(StrictModel):
+    """Replay recorded arrival times: one number (seconds) per line, or a CSV with an
+    `arrival_s` column, such as a previous run's requests.csv."""
+
+    process: Literal["trace"]
+    path: str = Field(min_length=1)
+    time_scale: float = Field(1.0, gt=0, le=1000, description="multiplies gaps: 0.5 replays twice as fast")
+    loop: bool = Field(False, description="start the trace again when it ends")
+
+
+class BurstyArrivalsConfig(StrictModel):
+    """On/off traffic: Poisson at `on_rate_per_s` for `on_s`, then at `off_rate_per_s` for `off_s`."""
+
+    process: Literal["bursty"]
+    on_rate_per_s: float = Field(gt=0, le=100_000)
+    off_rate_per_s: float = Field(0.0, ge=0, le=100_000)
+    on_s: float = Field(gt=0, le=86_400)
+    off_s: float = Field(gt=0, le=86_400)
+    seed: int = 0
+
+
+class RateStepConfig(StrictModel):
+    at_s: float = Field(ge=0)
+    rate_per_s: float = Field(ge=0, le=100_000)
+
+
+class RateScheduleArrivalsConfig(StrictModel):
+    """Steps in the arrival rate over time, for dynamic-load experiments (Poisson within a step)."""
+
+    process: Literal["schedule"]
+    steps: list[RateStepConfig] = Field(min_length=1)
+    poisson: bool = Field(True, description="false: evenly spaced arrivals within each step")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> RateScheduleArrivalsConfig:
+        times = [s.at_s for s in self.steps]
+        if times != sorted(times) or len(set(times)) != len(times):
+            raise ValueError("steps must have strictly increasing at_s")
+        if times[0] != 0:
+            raise ValueError("the first step must start at at_s: 0")
+        return self
+
+
+ArrivalsConfig = Annotated[
+    ConstantArrivalsConfig
+    | PoissonArrivalsConfig
+    | TraceArrivalsConfig
+    | BurstyArrivalsConfig
+    | RateScheduleArrivalsConfig,
+    Field(discriminator="process"),
+]
 
 
 class BatchingConfig(StrictModel):
@@ -438,20 +489,26 @@ def parse_config(data: Any, *, doc: YamlDocument | None = None, source: str = "<
         raise ConfigError([_describe(dict(e), doc, source) for e in exc.errors()]) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read, override (`{"duration_s": 5}`, `{"output": {"dir": "x"}}`) and validate an experiment file."""
-    path = Path(path)
+def read_yaml_file(path: Path, what: str = "config") -> YamlDocument:
+    """Read a YAML file keeping line marks; every failure is a ConfigError naming the file."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{source}: cannot read config: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{source}: cannot read {what}: {exc.strerror or exc}"]) from None
     try:
-        doc = load_yaml_document(text)
+        return load_yaml_document(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: not valid YAML: {' '.join(str(exc).split())}"]) from None
     except ValueError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read, override (`{"duration_s": 5}`, `{"output": {"dir": "x"}}`) and validate an experiment file."""
+    path = Path(path)
+    source = str(path)
+    doc = read_yaml_file(path)
     data = doc.data
     if isinstance(data, dict) and overrides:
         data = _merge(data, overrides)

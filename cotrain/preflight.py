@@ -34,6 +34,22 @@ def _dataset_problems(path: str, dataset: DatasetConfig) -> list[str]:
     return []
 
 
+def _arrivals_problems(path: str, arrivals: object) -> list[str]:
+    from cotrain.config import TraceArrivalsConfig
+
+    if not isinstance(arrivals, TraceArrivalsConfig):
+        return []
+    from cotrain.workloads.inference.arrivals import read_trace_s
+
+    try:
+        read_trace_s(Path(arrivals.path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{path}.arrivals.path: cannot read trace {arrivals.path!r}: {exc.strerror or exc}"]
+    except ValueError as exc:
+        return [f"{path}.arrivals.path: {arrivals.path}: {exc}"]
+    return []
+
+
 def _cpu_problems(path: str, cpus: list[int] | None, available: tuple[int, ...]) -> list[str]:
     if cpus is not None and not set(cpus) <= set(available):
         missing = sorted(set(cpus) - set(available))
@@ -90,6 +106,7 @@ def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
     if inference is not None:
         problems += _model_problems("workloads.inference", inference.model, known)
         problems += _dataset_problems("workloads.inference", inference.dataset)
+        problems += _arrivals_problems("workloads.inference", inference.arrivals)
         problems += _cpu_problems("workloads.inference", inference.cpus, available_cpus)
     for i, job in enumerate(config.workloads.training):
         where = f"workloads.training[{i}]"

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cotrain.config import ConfigError, _describe
+from cotrain.config import ConfigError, _describe, read_yaml_file
 from cotrain.power_modes.boards import list_boards, load_board
-from cotrain.yaml_source import YamlDocument, load_yaml_document
+from cotrain.yaml_source import YamlDocument
 
 
 class PowerModePolicy(BaseModel):
@@ -202,15 +201,5 @@ def _locate(loc: tuple[str | int, ...], message: str, doc: YamlDocument | None, 
 def load_power_policy(path: str | Path) -> PowerModePolicy:
     """Read and validate a power-mode policy file. Errors name the file, line and field path."""
     path = Path(path)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read power policy: {exc.strerror or exc}"]) from None
-    try:
-        doc = load_yaml_document(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: not valid YAML: {' '.join(str(exc).split())}"]) from None
-    except ValueError as exc:
-        raise ConfigError([f"{source}: {exc}"]) from None
-    return parse_power_policy(doc.data, doc=doc, source=source)
+    doc = read_yaml_file(path, "power policy")
+    return parse_power_policy(doc.data, doc=doc, source=str(path))

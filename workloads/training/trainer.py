@@ -345,35 +345,18 @@ def training_process_main(
     channel = Channel(conn)
     try:
         worker_setup(threads)
+        args = (job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed)
         trainer: Trainer
         if job.kind == "federated":
             from cotrain.workloads.training.federated_client import FederatedTrainer
 
-            trainer = FederatedTrainer(
-                job,
-                Path(train_csv),
-                Path(checkpoint_dir),
-                channel,
-                threads,
-                seed,
-                gate=gate,
-                run_dir=Path(train_csv).parent,
-            )
+            trainer = FederatedTrainer(*args, gate=gate, run_dir=Path(train_csv).parent)
         elif job.kind == "continual":
             from cotrain.workloads.training.continual import ContinualTrainer
 
-            trainer = ContinualTrainer(
-                job,
-                Path(train_csv),
-                Path(checkpoint_dir),
-                channel,
-                threads,
-                seed,
-                gate=gate,
-                run_dir=Path(train_csv).parent,
-            )
+            trainer = ContinualTrainer(*args, gate=gate, run_dir=Path(train_csv).parent)
         else:
-            trainer = Trainer(job, Path(train_csv), Path(checkpoint_dir), channel, threads, seed, gate=gate)
+            trainer = Trainer(*args, gate=gate)
         detail = f"{job.model.name}" + (
             f", resumed from {trainer.resumed_from.name}" if trainer.resumed_from else ""
         )
