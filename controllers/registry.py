@@ -7,11 +7,13 @@ from collections.abc import Callable
 from cotrain.config import (
     ControllerConfig,
     KnobChangesConfig,
+    LadderControllerConfig,
     ScheduleControllerConfig,
     StaticControllerConfig,
 )
 from cotrain.control import Action, InferenceChange, TrainingChange
 from cotrain.controllers.base import Policy
+from cotrain.controllers.ladder import LadderPolicy
 from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
 from cotrain.controllers.static import StaticPolicy
 
@@ -21,6 +23,7 @@ def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
     if changes.inference is not None:
         i = changes.inference
         inference = InferenceChange(
+            variant=i.variant,
             max_batch_size=i.max_batch_size,
             max_queue_delay_ms=i.max_queue_delay_ms,
             threads=i.threads,
@@ -52,7 +55,13 @@ def _schedule(config: ControllerConfig) -> Policy:
     return SchedulePolicy([ScheduledAction(s.at_s, action_from_config(s.set)) for s in config.steps])
 
 
+def _ladder(config: ControllerConfig) -> Policy:
+    assert isinstance(config, LadderControllerConfig)
+    return LadderPolicy(config.headroom, config.up_after_windows)
+
+
 _REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig], Policy]]] = {
+    LadderControllerConfig: ("ladder", _ladder),
     StaticControllerConfig: ("static", _static),
     ScheduleControllerConfig: ("schedule", _schedule),
 }

@@ -26,6 +26,7 @@ class KnobBounds:
     power_modes: frozenset[str] | None = None  # names the platform offers; None: no modes
     batch_size: tuple[int, int] = (1, 65_536)
     duty_cycle: tuple[float, float] = (0.05, 1.0)
+    variants: frozenset[str] | None = None  # the inference ladder; None: no ladder
 
 
 def _clamp(name: str, value: N | None, lo: N, hi: N, notes: list[str]) -> N | None:
@@ -53,7 +54,12 @@ def bound_action(action: Action, bounds: KnobBounds) -> Action:
     inference = None
     if action.inference is not None:
         a = action.inference
+        variant = a.variant
+        if variant is not None and bounds.variants is not None and variant not in bounds.variants:
+            notes.append(f"variant {variant!r} dropped: not in the ladder")
+            variant = None
         inference = InferenceChange(
+            variant=variant,
             max_batch_size=_clamp("max_batch_size", a.max_batch_size, *bounds.max_batch_size, notes),
             max_queue_delay_ms=_clamp(
                 "max_queue_delay_ms", a.max_queue_delay_ms, *bounds.max_queue_delay_ms, notes

@@ -27,6 +27,7 @@ from pydantic import (
 from cotrain.yaml_source import YamlDocument, load_yaml_document
 
 JOB_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+VARIANT_NAME = re.compile(r"^[a-z0-9_]+/(fp32|channels_last|bf16|int8)@[1-9][0-9]{0,3}$")
 
 
 class StrictModel(BaseModel):
@@ -169,6 +170,20 @@ ArrivalsConfig = Annotated[
 ]
 
 
+class AdmissionConfig(StrictModel):
+    """Which requests are shed under overload, besides those that find the queue full.
+
+    `drop_late` (the default): a request that has already waited longer than `late_ms`
+    (default: the SLO) when its batch is dispatched is shed instead of run. It could no longer
+    meet its SLO, and running it would only delay the requests behind it: this is what keeps
+    the latency of admitted requests bounded under overload (Triton's queue-timeout policy).
+    `queue_full`: only the bounded queue sheds.
+    """
+
+    policy: Literal["drop_late", "queue_full"] = "drop_late"
+    late_ms: float | None = Field(None, gt=0, le=3_600_000, description="default: slo_ms")
+
+
 class BatchingConfig(StrictModel):
     """Triton-style dynamic batching.
 
@@ -189,6 +204,14 @@ class InferenceConfig(PlacementMixin):
     queue_capacity: int = Field(1024, ge=1, le=1_000_000, description="requests beyond this are shed")
     drain_timeout_s: float = Field(5.0, ge=0, le=600, description="time to serve queued requests at stop")
     stats_period_s: float = Field(0.5, gt=0, le=60)
+    admission: AdmissionConfig = AdmissionConfig()
+    variants: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="variant ladder, heaviest first, e.g. resnet18/fp32@64, resnet18/int8@64; "
+        "the service starts on the first; `model` then only gives weights and num_classes",
+    )
+    profile_batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
 
     @model_validator(mode="after")
     def _capacity_holds_a_batch(self) -> InferenceConfig:
@@ -307,6 +330,7 @@ class WorkloadsConfig(StrictModel):
 
 
 class InferenceKnobsConfig(StrictModel):
+    variant: str | None = Field(None, description="a name from workloads.inference.variants")
     max_batch_size: int | None = Field(None, ge=1, le=4096)
     max_queue_delay_ms: float | None = Field(None, ge=0, le=60_000)
     threads: int | None = Field(None, ge=1, le=1024)
@@ -334,6 +358,17 @@ class ScheduleStepConfig(StrictModel):
     set: KnobChangesConfig
 
 
+class LadderControllerConfig(StrictModel):
+    """Tango-style variant selection from the micro-profile: serve the most accurate variant whose
+    predicted worst latency at the observed arrival rate fits the SLO (seed CCGrid'23's model:
+    stable iff e(b) <= b/lambda, worst latency ~ b/lambda + e(b)), with hysteresis."""
+
+    name: Literal["ladder"]
+    period_s: float = Field(0.5, gt=0, le=3600)
+    headroom: float = Field(0.7, gt=0, le=1, description="use at most this fraction of the SLO")
+    up_after_windows: int = Field(4, ge=1, le=1000, description="calm windows before stepping up")
+
+
 class StaticControllerConfig(StrictModel):
     """Keeps the knobs as configured."""
 
@@ -349,7 +384,9 @@ class ScheduleControllerConfig(StrictModel):
     steps: list[ScheduleStepConfig] = Field(min_length=1)
 
 
-ControllerConfig = Annotated[StaticControllerConfig | ScheduleControllerConfig, Field(discriminator="name")]
+ControllerConfig = Annotated[
+    StaticControllerConfig | ScheduleControllerConfig | LadderControllerConfig, Field(discriminator="name")
+]
 
 
 # --- platform and output ------------------------------------------------------------------------
@@ -411,6 +448,29 @@ class ExperimentConfig(StrictModel):
     controller: ControllerConfig = StaticControllerConfig(name="static")
     workloads: WorkloadsConfig
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _variants_are_known(self) -> ExperimentConfig:
+        inference = self.workloads.inference
+        ladder = (inference.variants if inference is not None else None) or []
+        for i, name in enumerate(ladder):
+            if not VARIANT_NAME.match(name):
+                raise ValueError(
+                    f"workloads.inference.variants[{i}]: {name!r} is not "
+                    "<arch>/<fp32|channels_last|bf16|int8>@<size>"
+                )
+        if len(set(ladder)) != len(ladder):
+            raise ValueError("workloads.inference.variants: names must be unique")
+        if isinstance(self.controller, LadderControllerConfig) and len(ladder) < 2:
+            raise ValueError("controller ladder needs workloads.inference.variants with at least two entries")
+        if isinstance(self.controller, ScheduleControllerConfig):
+            for step in self.controller.steps:
+                wanted = step.set.inference.variant if step.set.inference else None
+                if wanted is not None and wanted not in ladder:
+                    raise ValueError(
+                        f"controller.steps: variant {wanted!r} is not in workloads.inference.variants"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _continual_deploys_a_matching_model(self) -> ExperimentConfig:

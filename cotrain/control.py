@@ -26,6 +26,7 @@ class InferenceKnobs:
     max_queue_delay_ms: float
     threads: int
     cpus: tuple[int, ...] | None  # None: unpinned
+    variant: str | None = None  # None: the single configured model
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Knobs:
 
 @dataclass(frozen=True)
 class InferenceChange:
+    variant: str | None = None
     max_batch_size: int | None = None
     max_queue_delay_ms: float | None = None
     threads: int | None = None
@@ -174,3 +176,12 @@ class Observation:
     temperature_c: float | None = None
     gpu_util_percent: float | None = None
     power_mode: str | None = None  # as the platform reports it
+    variants: tuple[VariantInfo, ...] = ()  # the ladder, heaviest first
+    profile_ms: Mapping[tuple[str, int], float] = field(default_factory=dict)  # (variant, batch) -> p50 ms
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    name: str
+    accuracy: float | None
+    accuracy_source: str  # "measured" | "imagenet-metadata" | "unknown"

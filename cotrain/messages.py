@@ -31,6 +31,13 @@ class SetBatching:
 
 
 @dataclass(frozen=True)
+class SetVariant:
+    """Serve this variant of the ladder: prepared off the serving path, swapped between batches."""
+
+    variant: str
+
+
+@dataclass(frozen=True)
 class SetThreads:
     threads: int
 
@@ -75,6 +82,7 @@ Command = (
     | Start
     | Stop
     | SetBatching
+    | SetVariant
     | SetThreads
     | SetNumWorkers
     | SetPaused
@@ -115,6 +123,7 @@ class InferenceStats:
     latencies_ms: list[float] = field(default_factory=list)  # of requests served in the window
     batch_sizes: list[int] = field(default_factory=list)
     batch_exec_ms: list[float] = field(default_factory=list)
+    window_s: float = 0.0  # how long this stats window lasted (the rate is arrived / window_s)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,15 @@ def _q(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
 
 
+def _rate(stats: Sequence[InferenceStats], arrived: int, window_s: float) -> float:
+    """Arrivals over the time the stats messages really cover (not the control tick, which a
+    message can straddle)."""
+    covered_s = sum(s.window_s for s in stats)
+    if covered_s > 0:
+        return arrived / covered_s
+    return arrived / window_s if window_s > 0 else 0.0
+
+
 def inference_window(stats: Sequence[InferenceStats], window_s: float, slo_ms: float) -> InferenceWindow:
     latencies = [v for s in stats for v in s.latencies_ms]
     sizes = [b for s in stats for b in s.batch_sizes]
@@ -30,7 +39,7 @@ def inference_window(stats: Sequence[InferenceStats], window_s: float, slo_ms: f
         failed=failed,
         shed=shed,
         queue_depth=stats[-1].queue_depth if stats else 0,
-        arrival_rate_per_s=arrived / window_s if window_s > 0 else 0.0,
+        arrival_rate_per_s=_rate(stats, arrived, window_s),
         latency_p50_ms=_q(latencies, 50),
         latency_p95_ms=_q(latencies, 95),
         latency_p99_ms=_q(latencies, 99),

@@ -10,6 +10,7 @@ summary.json from the record files.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 from cotrain.clock import NS_PER_S, Clock, MonotonicClock
 from cotrain.config import ExperimentConfig, FederatedConfig, dump_config
-from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs
+from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs, VariantInfo
 from cotrain.controllers.base import Policy
 from cotrain.controllers.registry import build_policy
 from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, PowerModeRules
@@ -45,6 +46,7 @@ from cotrain.messages import (
     SetNumWorkers,
     SetPaused,
     SetThreads,
+    SetVariant,
     Start,
     TrainingStats,
     WorkerFailed,
@@ -97,6 +99,7 @@ def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
             max_queue_delay_ms=i.batching.max_queue_delay_ms,
             threads=i.threads or share,
             cpus=tuple(i.cpus) if i.cpus else None,
+            variant=i.variants[0] if i.variants else None,
         )
     training = {
         job.name: TrainingKnobs(
@@ -127,6 +130,7 @@ def knob_bounds(
         cpus=cpus,
         jobs=frozenset(job.name for job in config.workloads.training),
         power_modes=power_modes,
+        variants=frozenset(inference.variants) if inference and inference.variants else None,
     )
 
 
@@ -196,9 +200,12 @@ class Runtime:
         self._signals = 0
         self._restoring = False
         self._federation: Any = None
+        self._variants: tuple[VariantInfo, ...] = ()
+        self._profile: dict[tuple[str, int], float] = {}
         self._remote_federations: list[Any] = []
         self._rounds_seen = 0
         self._inference_stats: list[InferenceStats] = []
+        self._last_inference_stats: list[InferenceStats] = []
         self._training_stats: dict[str, list[TrainingStats]] = {job: [] for job in self.knobs.training}
         self._wake_r: Connection | None = None
         self._wake_w: Connection | None = None
@@ -296,6 +303,8 @@ class Runtime:
         after = self.knobs.apply(action)
         if action.inference is not None and after.inference is not None:
             changes = action.inference.changes()
+            if "variant" in changes:
+                self.supervisor.send(INFERENCE, SetVariant(changes["variant"]))
             if "max_batch_size" in changes or "max_queue_delay_ms" in changes:
                 self.supervisor.send(
                     INFERENCE, SetBatching(after.inference.max_batch_size, after.inference.max_queue_delay_ms)
@@ -353,6 +362,23 @@ class Runtime:
             "placed", worker=worker, pid=pid, cpus=list(cpus) if cpus else list(self.cpus), affinity_now=now
         )
         self._log(f"  {worker} placed on CPUs {now}")
+
+    # --- variants --------------------------------------------------------------------------------
+
+    def _load_ladder(self) -> None:
+        """The ladder's accuracies and the micro-profile, written by the inference process at start."""
+        variants_file = self.run_dir.path / "variants.json"
+        profile_file = self.run_dir.path / "profile.json"
+        if not variants_file.exists():
+            return
+        data = json.loads(variants_file.read_text(encoding="utf-8"))
+        self._variants = tuple(
+            VariantInfo(v["name"], v.get("accuracy"), v.get("accuracy_source", "unknown")) for v in data
+        )
+        if profile_file.exists():
+            rows = json.loads(profile_file.read_text(encoding="utf-8"))["latency_ms"]
+            self._profile = {(r["variant"], int(r["batch"])): float(r["p50_ms"]) for r in rows}
+        self.event("ladder_loaded", variants=[v.name for v in self._variants], profiled=len(self._profile))
 
     # --- federated learning --------------------------------------------------------------------
 
@@ -472,7 +498,7 @@ class Runtime:
             time_s=now_s,
             window_s=window_s,
             knobs=self.knobs,
-            inference_stats=self._inference_stats if inference else None,
+            inference_stats=(self._inference_stats or self._last_inference_stats) if inference else None,
             slo_ms=inference.slo_ms if inference else None,
             training_stats=self._training_stats,
             cpu_util_percent=sample.cpu_util_percent,
@@ -485,7 +511,11 @@ class Runtime:
             temperature_c=sample.temperature_c,
             gpu_util_percent=sample.gpu_util_percent,
             power_mode=sample.power_mode,
+            variants=self._variants,
+            profile_ms=self._profile,
         )
+        if self._inference_stats:  # a tick without a stats message keeps the last window's view
+            self._last_inference_stats = self._inference_stats
         self._inference_stats = []
         self._training_stats = {job: [] for job in self._training_stats}
         action, state = self.policy.decide(obs, state)
@@ -630,6 +660,7 @@ class Runtime:
                             f"started {len(self.supervisor.workers)} workload process(es), loading models"
                         )
                         self._wait_ready()
+                        self._load_ladder()
                         self._start_federations()
                         self._apply_initial_placement()
                         mode = self.config.platform.power_mode

@@ -8,6 +8,8 @@ tests check that recomputation matches what the run wrote. Percentiles use numpy
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,14 @@ def run_window(run: RunDir) -> tuple[float | None, float | None, str]:
     return start_s, stop_s, status
 
 
-def inference_summary(rows: list[dict[str, str]], slo_ms: float, duration_s: float | None) -> dict[str, Any]:
+def inference_summary(
+    rows: list[dict[str, str]],
+    slo_ms: float,
+    duration_s: float | None,
+    accuracies: dict[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """`mean_accuracy` weighs each served request by its variant's accuracy (variants.json)."""
+    accuracies = accuracies or {}
     counts = dict.fromkeys(OUTCOMES, 0)
     latencies: list[float] = []
     batch_sizes: list[int] = []
@@ -67,6 +76,15 @@ def inference_summary(rows: list[dict[str, str]], slo_ms: float, duration_s: flo
     arrived = len(rows)
     within = sum(1 for v in latencies if v <= slo_ms)
     versions = sorted({int(r["model_version"]) for r in rows if r.get("model_version", "").isdigit()})
+    served = sorted(
+        (r for r in rows if r["outcome"] == "served" and r["start_s"]), key=lambda r: float(r["start_s"])
+    )
+    switches = sum(1 for a, b in itertools.pairwise(served) if a["variant"] != b["variant"])
+    known: list[float] = []
+    for r in served:
+        accuracy = accuracies.get(r["variant"])
+        if accuracy is not None:
+            known.append(accuracy)
     return {
         "model_versions_served": versions,
         "slo_ms": slo_ms,
@@ -75,6 +93,8 @@ def inference_summary(rows: list[dict[str, str]], slo_ms: float, duration_s: flo
         "requests": {"arrived": arrived, **counts},
         "throughput_per_s": round(counts["served"] / duration_s, 3) if duration_s else None,
         "mean_batch_size": round(float(np.mean(batch_sizes)), 3) if batch_sizes else None,
+        "variant_switches": switches,
+        "mean_accuracy": round(float(np.mean(known)), 6) if known and len(known) == len(served) else None,
     }
 
 
@@ -116,7 +136,10 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
     workloads = config.get("workloads", {})
     if workloads.get("inference"):
         summary["inference"] = inference_summary(
-            read_csv_rows(run.requests_csv), float(workloads["inference"]["slo_ms"]), duration_s
+            read_csv_rows(run.requests_csv),
+            float(workloads["inference"]["slo_ms"]),
+            duration_s,
+            _variant_accuracies(run.path / "variants.json"),
         )
     summary["training"] = {}
     for job in workloads.get("training", []):
@@ -138,6 +161,12 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
             "last_round_accuracy": _float_or_none(last["eval_accuracy"]),
         }
     return summary
+
+
+def _variant_accuracies(path: Path) -> dict[str, float | None]:
+    if not path.exists():
+        return {}
+    return {v["name"]: v.get("accuracy") for v in json.loads(path.read_text(encoding="utf-8"))}
 
 
 def _float_or_none(value: str) -> float | None:

@@ -111,15 +111,78 @@ def schedule_config() -> dict[str, Any]:
     return data
 
 
+LADDER = ("resnet50/fp32@64", "resnet18/fp32@64", "resnet18/int8@64")
+PROFILE = {  # (variant, batch) -> p50 ms: heavier variants are slower
+    **{(LADDER[0], b): 40.0 * b for b in (1, 2, 4, 8)},
+    **{(LADDER[1], b): 12.0 * b for b in (1, 2, 4, 8)},
+    **{(LADDER[2], b): 3.0 * b for b in (1, 2, 4, 8)},
+}
+
+
+def inference_obs(t: float, rate: float, p99: float | None, variant: str = LADDER[0]) -> Observation:
+    from dataclasses import replace
+
+    from cotrain.control import InferenceWindow, VariantInfo
+
+    window = InferenceWindow(
+        arrived=int(rate / 2),
+        served=int(rate / 2),
+        failed=0,
+        shed=0,
+        queue_depth=0,
+        arrival_rate_per_s=rate,
+        latency_p50_ms=p99,
+        latency_p95_ms=p99,
+        latency_p99_ms=p99,
+        slo_ms=150.0,
+        slo_attainment=1.0,
+        mean_batch_size=2.0,
+        batch_exec_p50_ms=10.0,
+        batch_exec_max_ms=20.0,
+    )
+    assert KNOBS.inference is not None
+    knobs = replace(KNOBS, inference=replace(KNOBS.inference, max_batch_size=8, variant=variant))
+    return replace(
+        obs(t),
+        knobs=knobs,
+        inference=window,
+        variants=tuple(VariantInfo(v, 0.7, "imagenet-metadata") for v in LADDER),
+        profile_ms=PROFILE,
+    )
+
+
 @pytest.mark.parametrize("name", registered_policies())
 def test_every_registered_policy_keeps_the_contract(name: str) -> None:
     data = schedule_config() if name == "schedule" else yaml.safe_load(yaml.safe_dump(TINY))
     data["controller"]["name"] = name
     if name != "schedule":
         data["controller"].pop("steps", None)
+    if name == "ladder":
+        data["workloads"]["inference"]["variants"] = list(LADDER)
     config = parse_config(data)
     policy = build_policy(config.controller)
-    check_policy(policy, [obs(t / 4) for t in range(12)], knob_bounds(config, (0, 1)))
+    observations = [obs(t / 4) for t in range(12)]
+    observations += [
+        inference_obs(3 + t, rate, p99) for t, (rate, p99) in enumerate([(5, 50), (80, 400), (5, 20)])
+    ]
+    check_policy(policy, observations, knob_bounds(config, (0, 1)))
+
+
+def test_ladder_steps_down_under_load_and_back_up_after_calm_windows() -> None:
+    from cotrain.controllers.ladder import LadderPolicy, choose
+
+    assert choose(LADDER, 5, 150, PROFILE, 8, 0.7) == LADDER[0], "light load: the most accurate fits"
+    assert choose(LADDER, 60, 150, PROFILE, 8, 0.7) == LADDER[1]
+    assert choose(LADDER, 1000, 150, PROFILE, 8, 0.7) == LADDER[2], "nothing fits: the lightest"
+    policy = LadderPolicy(headroom=0.7, up_after_windows=2)
+    action, state = policy.decide(inference_obs(1, 60, 80), policy.initial_state())
+    assert action.inference is not None and action.inference.variant == LADDER[1]
+    action, state = policy.decide(inference_obs(2, 5, 20, LADDER[1]), state)
+    assert action.is_empty() and state == 1, "one calm window is not enough"
+    action, state = policy.decide(inference_obs(3, 5, 20, LADDER[1]), state)
+    assert action.inference is not None and action.inference.variant == LADDER[0]
+    action, _ = policy.decide(inference_obs(4, 5, 400, LADDER[1]), 0)
+    assert action.inference is not None and action.inference.variant == LADDER[2], "a broken SLO steps down"
 
 
 def test_the_contract_checker_catches_a_nondeterministic_policy() -> None:

@@ -4,6 +4,7 @@ one outcome, under overload and at stop."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
@@ -135,3 +136,71 @@ def test_knobs_apply_between_batches_and_are_acknowledged(tmp_path: Path) -> Non
     applied = {(a.knob, a.value) for a in channel.of_type(Applied)}
     assert {("max_batch_size", 2), ("max_queue_delay_ms", 3.0), ("threads", 1)} <= applied
     assert service.queue.policy().max_batch_size == 2
+
+
+def test_requests_that_waited_past_the_slo_are_shed_at_dispatch(tmp_path: Path) -> None:
+    from cotrain.clock import FakeClock
+
+    clock = FakeClock(start_ns=10**12)
+    model = GatedModel()
+    channel = FakeChannel()
+    config = inference_config(
+        batching={"max_batch_size": 2, "max_queue_delay_ms": 0}, admission={"late_ms": 50}
+    )
+    service = InferenceService(config, tmp_path / "requests.csv", channel, model, "m", repeat(0), clock=clock)  # type: ignore[arg-type]
+    threading.Thread(target=service.listen, daemon=True).start()
+    serving = threading.Thread(target=service.serve, args=(clock.now_ns(), burst(6)), daemon=True)
+    serving.start()
+    assert model.entered.wait(timeout=60) and service.arrivals_done.wait(timeout=60)
+    clock.advance_ms(100)  # the four queued requests are now 100 ms old: past late_ms
+    channel.commands.put(Stop())
+    assert service.stopping.wait(timeout=60)
+    model.gate.set()
+    serving.join(timeout=60)
+    rows = read_csv_rows(tmp_path / "requests.csv")
+    assert len(rows) == 6
+    assert [r["outcome"] for r in rows].count("served") == 2
+    late = [r for r in rows if r["reason"] == "waited past the SLO"]
+    assert len(late) == 4 and all(r["outcome"] == "shed" for r in late)
+
+
+def test_a_variant_switch_applies_between_batches_under_load_and_drops_nothing(tmp_path: Path) -> None:
+    from cotrain.messages import SetVariant
+
+    heavy = GatedModel()
+    light_calls: list[int] = []
+
+    def light(batch: Sequence[Request]) -> list[int]:
+        light_calls.append(len(batch))
+        return [1] * len(batch)
+
+    channel = FakeChannel()
+    config = inference_config(batching={"max_batch_size": 2, "max_queue_delay_ms": 0})
+    service = InferenceService(
+        config,
+        tmp_path / "requests.csv",
+        channel,
+        heavy,
+        "heavy",
+        repeat(0),  # type: ignore[arg-type]
+        variants={"heavy": heavy, "light": light},
+    )
+    threading.Thread(target=service.listen, daemon=True).start()
+    serving = run_serve(service, burst(10))
+    assert heavy.entered.wait(timeout=60)  # a heavy batch is running; the rest wait in the queue
+    channel.commands.put(SetVariant("light"))
+    channel.commands.put(SetVariant("nonexistent"))
+    assert service.arrivals_done.wait(timeout=60)
+    heavy.gate.set()
+    deadline = time.monotonic() + 60
+    while len(read_csv_rows(tmp_path / "requests.csv")) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the record file
+    channel.commands.put(Stop())
+    serving.join(timeout=60)
+    rows = sorted(read_csv_rows(tmp_path / "requests.csv"), key=lambda r: float(r["start_s"]))
+    assert len(rows) == 10 and {r["outcome"] for r in rows} == {"served"}
+    variants = [r["variant"] for r in rows]
+    assert variants[0] == "heavy" and variants[-1] == "light"
+    assert variants == sorted(variants, key=lambda v: v == "light"), "one clean switch"
+    applied = {(a.knob, a.value) for a in channel.of_type(Applied)}
+    assert ("variant", "light") in applied and ("variant_unknown", "nonexistent") in applied

@@ -82,3 +82,35 @@ def test_a_run_without_a_stop_event_still_summarises(tmp_path: Path) -> None:
     summary = compute_summary(run.path)
     assert summary["run"]["status"] == "incomplete"
     assert summary["run"]["duration_s"] == 4.0
+
+
+def test_variant_switches_and_accuracy_weighted_mean(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    rows = read_csv_rows(run.requests_csv)
+    (run.path / "variants.json").write_text(
+        json.dumps([{"name": "m/fp32", "accuracy": 0.8}, {"name": "m/int8", "accuracy": 0.6}])
+    )
+    run.requests_csv.unlink()
+    req = CsvAppender(run.requests_csv, REQUEST_COLUMNS)
+    req.write_rows(
+        [
+            (
+                i,
+                f"{100 + i:.6f}",
+                f"{100 + i:.6f}",
+                f"{100.01 + i:.6f}",
+                "10.0",
+                1,
+                "m/fp32" if i < 3 or i >= 6 else "m/int8",
+                0,
+                "served",
+                "",
+            )
+            for i in range(8)
+        ]
+    )
+    req.close()
+    inference = compute_summary(run.path)["inference"]
+    assert inference["variant_switches"] == 2
+    assert inference["mean_accuracy"] == round((5 * 0.8 + 3 * 0.6) / 8, 6)
+    assert len(rows) == 102  # the fake run's own rows were there before

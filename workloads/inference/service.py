@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,6 +36,7 @@ from cotrain.messages import (
     Ready,
     SetBatching,
     SetThreads,
+    SetVariant,
     Stop,
 )
 from cotrain.records import REQUEST_COLUMNS, CsvAppender, fmt_s
@@ -89,6 +90,7 @@ class InferenceService:
         clock: Clock | None = None,
         gate: InterleavingGate | None = None,
         load_model: Callable[[str], Infer] | None = None,
+        variants: Mapping[str, Infer] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
@@ -108,9 +110,12 @@ class InferenceService:
         self._load_model = load_model
         self._staged: tuple[Infer, int, float] | None = None  # (infer, version, prepare_ms)
         self._staged_lock = threading.Lock()
+        self.variants = dict(variants or {})  # the ladder, prepared at start-up, off the serving path
+        self._staged_variant: str | None = None
         self.writer = CsvAppender(requests_csv, REQUEST_COLUMNS)
         self._sample_indices = sample_indices
         self._window = _Window()
+        self._window_start_ns = self.clock.now_ns()
         self._stop_arrivals = threading.Event()
         self.arrivals_done = threading.Event()  # the arrival schedule ended or was stopped
         self.stopping = threading.Event()
@@ -140,6 +145,7 @@ class InferenceService:
         with w.lock:
             stats = InferenceStats(
                 window_end_ns=self.clock.now_ns(),
+                window_s=(self.clock.now_ns() - self._window_start_ns) / NS_PER_S,
                 arrived=w.arrived,
                 served=w.served,
                 failed=w.failed,
@@ -150,6 +156,7 @@ class InferenceService:
                 batch_exec_ms=w.batch_exec_ms,
             )
             w.arrived = w.served = w.failed = w.shed = 0
+            self._window_start_ns = self.clock.now_ns()
             w.latencies_ms, w.batch_sizes, w.batch_exec_ms = [], [], []
         self.channel.send(stats)
 
@@ -189,6 +196,13 @@ class InferenceService:
             elif isinstance(message, SetThreads):
                 self._pending.put(message)
                 self.queue.wake()
+            elif isinstance(message, SetVariant):
+                if message.variant in self.variants:
+                    with self._staged_lock:
+                        self._staged_variant = message.variant
+                    self.queue.wake()
+                else:
+                    self.channel.send(Applied("variant_unknown", message.variant, self.clock.now_ns()))
             elif isinstance(message, LoadModel):
                 threading.Thread(
                     target=self._prepare, args=(message,), name="model-loader", daemon=True
@@ -216,6 +230,11 @@ class InferenceService:
         if staged is not None:  # between batches: no request sees half a model
             self.infer, self.model_version, prepare_ms = staged
             self.channel.send(ModelSwapped(self.model_version, prepare_ms, self.clock.now_ns()))
+        with self._staged_lock:
+            variant, self._staged_variant = self._staged_variant, None
+        if variant is not None and variant != self.variant:
+            self.infer, self.variant = self.variants[variant], variant
+            self.channel.send(Applied("variant", variant, self.clock.now_ns()))
         while True:
             try:
                 message = self._pending.get_nowait()
@@ -226,8 +245,23 @@ class InferenceService:
             torch.set_num_threads(message.threads)
             self.channel.send(Applied("threads", message.threads, self.clock.now_ns()))
 
+    def _admit(self, batch: list[Request]) -> list[Request]:
+        """Apply the admission policy at dispatch: shed requests already past `late_ms`."""
+        admission = self.config.admission
+        if admission.policy != "drop_late":
+            return batch
+        late_ns = round((admission.late_ms or self.config.slo_ms) * NS_PER_MS)
+        now_ns = self.clock.now_ns()
+        late = [r for r in batch if now_ns - r.arrival_ns > late_ns]
+        if late:
+            self._record([shed(r, "waited past the SLO", self.variant, self.model_version) for r in late])
+        return [r for r in batch if now_ns - r.arrival_ns <= late_ns] if late else batch
+
     def _run_batch(self, batch: list[Request]) -> None:
         try:
+            batch = self._admit(batch)
+            if not batch:
+                return
             records = execute_batch(batch, self.infer, self.clock, self.variant, self.model_version)
         finally:
             self.queue.batch_done()
@@ -241,6 +275,7 @@ class InferenceService:
         source.start()
         period_ns = round(self.config.stats_period_s * NS_PER_S)
         next_stats_ns = t0_ns + period_ns
+        self._window_start_ns = t0_ns
         while not self.stopping.is_set():
             self._apply_pending()
             wait_s = max(0.0, min(0.1, (next_stats_ns - self.clock.now_ns()) / NS_PER_S))
@@ -321,14 +356,22 @@ def inference_process_main(
         from cotrain.workloads.models import build_model
 
         num_classes = config.model.num_classes or dataset_num_classes(config.dataset)
-        torch.manual_seed(seed)  # the same initial weights a continual job built with this seed
-        model = build_model(config.model, num_classes).eval()
         pool, sample_indices = _sample_pool(config, seed)
-        infer = make_infer(model, pool)
-        with torch.inference_mode():  # warm up allocator and kernels off the clock
-            for size in sorted({1, config.batching.max_batch_size}):
-                model(torch.stack([pool[i % len(pool)] for i in range(size)]))
-        variant = f"{config.model.name}/fp32"
+        variants: dict[str, Infer] = {}
+        if config.variants:
+            from cotrain.workloads.inference.ladder import prepare_ladder
+
+            variants = prepare_ladder(config, num_classes, pool, seed, Path(requests_csv).parent, make_infer)
+            variant = config.variants[0]
+            infer = variants[variant]
+        else:
+            torch.manual_seed(seed)  # the same initial weights a continual job built with this seed
+            model = build_model(config.model, num_classes).eval()
+            infer = make_infer(model, pool)
+            with torch.inference_mode():  # warm up allocator and kernels off the clock
+                for size in sorted({1, config.batching.max_batch_size}):
+                    model(torch.stack([pool[i % len(pool)] for i in range(size)]))
+            variant = f"{config.model.name}/fp32"
 
         def load_model(path: str) -> Infer:
             fresh = build_model(config.model.model_copy(update={"weights": path}), num_classes).eval()
@@ -345,6 +388,7 @@ def inference_process_main(
             sample_indices,
             gate=gate,
             load_model=load_model,
+            variants=variants,
         )
         channel.send(Ready(pid=os.getpid(), detail=variant))
         start = wait_for_start(channel)
