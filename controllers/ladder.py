@@ -77,6 +77,8 @@ class LadderPolicy:
         ladder = [v.name for v in obs.variants]
         if inference is None or knobs is None or not ladder or not obs.profile_ms:
             return Action(), state
+        if not obs.inference_fresh:
+            return Action(), state  # no new stats since the last decision: never act twice on one window
         current = knobs.variant if knobs.variant in ladder else ladder[0]
         rate = inference.arrival_rate_per_s
         target = choose(
@@ -98,6 +100,8 @@ class LadderPolicy:
                 else f"{current} not feasible at {rate:.1f} req/s"
             )
             return Action(inference=InferenceChange(variant=ladder[step]), reason=f"step down: {reason}"), 0
+        if slo_broken:
+            return Action(), 0  # already on the lightest variant: nothing lighter to go to, and no calm
         if there < here:
             calm = state + 1
             if calm >= self.up_after_windows:

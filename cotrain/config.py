@@ -489,6 +489,11 @@ class ExperimentConfig(StrictModel):
                     f"{where}.model.name ({job.model.name}) must equal workloads.inference.model.name "
                     f"({inference.model.name}) to deploy to it"
                 )
+            if inference.variants:
+                raise ValueError(
+                    f"{where}: deploys to an inference service with a variant ladder; deploying into "
+                    "a ladder is not supported yet (drop workloads.inference.variants or deploy_to)"
+                )
             if job.dataset.image_size != inference.dataset.image_size:
                 raise ValueError(f"{where}.dataset.image_size must equal the inference dataset's image_size")
         return self

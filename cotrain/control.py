@@ -176,6 +176,7 @@ class Observation:
     temperature_c: float | None = None
     gpu_util_percent: float | None = None
     power_mode: str | None = None  # as the platform reports it
+    inference_fresh: bool = True  # False: no new inference stats arrived since the last tick
     variants: tuple[VariantInfo, ...] = ()  # the ladder, heaviest first
     profile_ms: Mapping[tuple[str, int], float] = field(default_factory=dict)  # (variant, batch) -> p50 ms
 

@@ -50,6 +50,20 @@ def _arrivals_problems(path: str, arrivals: object) -> list[str]:
     return []
 
 
+def _ladder_problems(ladder: list[str] | None, known: frozenset[str]) -> list[str]:
+    """Every variant must be buildable here: a known architecture and a precision this CPU runs
+    well (bf16 only with native support, int8 only with a quantised engine, never fp16)."""
+    if not ladder:
+        return []
+    from cotrain.workloads.inference.variants import VariantError, available_precisions, parse_ladder
+
+    try:
+        parse_ladder(ladder, available=available_precisions(), known_archs=known)
+    except VariantError as exc:
+        return [f"workloads.inference.variants: {exc}"]
+    return []
+
+
 def _cpu_problems(path: str, cpus: list[int] | None, available: tuple[int, ...]) -> list[str]:
     if cpus is not None and not set(cpus) <= set(available):
         missing = sorted(set(cpus) - set(available))
@@ -107,6 +121,7 @@ def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
         problems += _model_problems("workloads.inference", inference.model, known)
         problems += _dataset_problems("workloads.inference", inference.dataset)
         problems += _arrivals_problems("workloads.inference", inference.arrivals)
+        problems += _ladder_problems(inference.variants, known)
         problems += _cpu_problems("workloads.inference", inference.cpus, available_cpus)
     for i, job in enumerate(config.workloads.training):
         where = f"workloads.training[{i}]"

@@ -124,7 +124,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temporary file and rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
+        json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)  # NaN is not JSON
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

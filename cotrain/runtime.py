@@ -513,6 +513,7 @@ class Runtime:
             power_mode=sample.power_mode,
             variants=self._variants,
             profile_ms=self._profile,
+            inference_fresh=bool(self._inference_stats),
         )
         if self._inference_stats:  # a tick without a stats message keeps the last window's view
             self._last_inference_stats = self._inference_stats

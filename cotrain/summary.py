@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +102,26 @@ def inference_summary(
 def training_summary(
     rows: list[dict[str, str]], start_s: float | None, stop_s: float | None
 ) -> dict[str, Any]:
-    """Throughput counts the steps that ended inside the run window, over the window's length."""
+    """Throughput counts the steps that ended inside the run window, over the window's length.
+
+    A job that was killed and resumed from a checkpoint repeats the steps after it: the last
+    record of each step number is the one that counts.
+    """
+    rows = list({r["step"]: r for r in rows}.values())
     steps = len(rows)
     in_window = [
         r for r in rows if start_s is not None and stop_s is not None and start_s <= float(r["t_s"]) <= stop_s
     ]
     duration_s = (stop_s - start_s) if start_s is not None and stop_s is not None else None
     samples_in_window = sum(int(r["samples"]) for r in in_window)
-    losses = [float(r["loss"]) for r in rows]
+    losses = [_float_or_none(r["loss"]) for r in rows]
     return {
         "steps": steps,
         "samples": sum(int(r["samples"]) for r in rows),
         "samples_per_s": round(samples_in_window / duration_s, 3) if duration_s else 0.0,
         "steps_per_s": round(len(in_window) / duration_s, 3) if duration_s else 0.0,
-        "first_loss": round(losses[0], 6) if losses else None,
-        "final_loss": round(losses[-1], 6) if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
     }
 
 
@@ -174,7 +180,7 @@ def _float_or_none(value: str) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return None if number != number else round(number, 6)  # NaN: a round without replies
+    return round(number, 6) if math.isfinite(number) else None  # NaN: no replies, or a diverged loss
 
 
 def federated_summary(rounds: list[dict[str, str]]) -> dict[str, Any]:
@@ -182,7 +188,7 @@ def federated_summary(rounds: list[dict[str, str]]) -> dict[str, Any]:
     last = rounds[-1] if rounds else None
     return {
         "rounds_completed": len(rounds),
-        "last_round_loss": float(last["train_loss"]) if last else None,
+        "last_round_loss": _float_or_none(last["train_loss"]) if last else None,
         "last_eval_accuracy": _float_or_none(last["eval_accuracy"])
         if last and last["eval_accuracy"]
         else None,

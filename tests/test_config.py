@@ -202,3 +202,18 @@ def test_fuzzed_configs_never_crash_the_loader(path: tuple[Any, ...], value: Any
         parse_config(data, source="fuzz.yaml")
     except ConfigError as exc:
         assert exc.lines and all(line.startswith("fuzz.yaml") for line in exc.lines)
+
+
+def test_a_continual_job_cannot_deploy_into_a_variant_ladder(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["workloads"]["inference"]["variants"] = ["mobilenet_v3_small/fp32@32", "mobilenet_v3_small/int8@32"]
+    data["workloads"]["training"][0]["kind"] = "continual"
+    assert "deploying into a ladder is not supported" in errors_for(tmp_path, yaml.safe_dump(data))[0]
+
+
+def test_a_ladder_entry_this_machine_cannot_run_is_a_preflight_error(
+    tmp_path: Path, tiny: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny["workloads"]["inference"]["variants"] = ["mobilenet_v3_small/fp32@32", "resnet19/fp32@32"]
+    assert main(["validate", str(write(tmp_path, tiny))]) == 2
+    assert "workloads.inference.variants" in capsys.readouterr().err

@@ -270,3 +270,16 @@ def test_power_mode_guard_allows_stepping_down_over_budget_and_enforces_dwell() 
     assert action.power_mode is None and "dwell" in action.notes[0]
     action, state = guard.decide(mode_obs(6.5, "MODE_50W", power_w=10.0), state)
     assert action.power_mode == "MAXN"
+
+
+def test_ladder_never_acts_twice_on_one_window_and_never_steps_up_while_the_slo_is_broken() -> None:
+    from dataclasses import replace
+
+    from cotrain.controllers.ladder import LadderPolicy
+
+    policy = LadderPolicy(headroom=0.7, up_after_windows=1)
+    stale = replace(inference_obs(1, 60, 400), inference_fresh=False)
+    assert policy.decide(stale, 0) == (Action(), 0)
+    on_lightest = inference_obs(2, 5, 400, LADDER[-1])  # light load, but p99 is over the SLO
+    action, state = policy.decide(on_lightest, 3)
+    assert action.is_empty() and state == 0

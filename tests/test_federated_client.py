@@ -60,8 +60,11 @@ def test_a_fit_trains_local_steps_in_the_loop_and_returns_arrays(client: Any, tm
     assert [a.shape for a in trained] == [a.shape for a in arrays]
     assert any(not np.array_equal(a, b) for a, b in zip(trained, arrays, strict=True)), "weights moved"
     assert metrics["train_loss"] > 0 and examples == 16
+    assert not read_csv_rows(tmp_path / "federated-cl.csv"), "the round's row waits for its evaluate"
+    _, eval_metrics, _ = trainer.evaluate(trained, {})
     (row,) = read_csv_rows(tmp_path / "federated-cl.csv")
     assert row["round"] == "1" and row["steps"] == "2"
+    assert float(row["eval_accuracy"]) == pytest.approx(eval_metrics["eval_accuracy"], abs=1e-4)
     assert len(trainer.dataset) == 676, "partition 1 of 2 of the 1,352 training digits"
 
 

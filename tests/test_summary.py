@@ -114,3 +114,17 @@ def test_variant_switches_and_accuracy_weighted_mean(tmp_path: Path) -> None:
     assert inference["variant_switches"] == 2
     assert inference["mean_accuracy"] == round((5 * 0.8 + 3 * 0.6) / 8, 6)
     assert len(rows) == 102  # the fake run's own rows were there before
+
+
+def test_a_resumed_job_counts_each_step_once_and_nan_losses_stay_valid_json(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    run.train_csv("cl").unlink()
+    train = CsvAppender(run.train_csv("cl"), TRAIN_COLUMNS)
+    rows = [(1, "101", 8, "1.0"), (2, "102", 8, "0.9"), (2, "104", 8, "0.8"), (3, "105", 8, "nan")]
+    train.write_rows([(s, t, n, loss, "5", "1", 8, 0, 1, "0", "0") for s, t, n, loss in rows])
+    train.close()
+    summary = compute_summary(run.path)
+    cl = summary["training"]["cl"]
+    assert cl["steps"] == 3 and cl["samples"] == 24
+    assert cl["final_loss"] is None
+    json.dumps(summary, allow_nan=False)  # what summary.json is written with

@@ -100,7 +100,8 @@ def read_trace_s(text: str) -> list[float]:
 
 def trace_offsets_s(times_s: list[float], time_scale: float, loop: bool) -> Iterator[float]:
     gaps = np.diff(times_s)
-    period = times_s[-1] + (float(np.mean(gaps)) if len(gaps) else 1.0)
+    mean_gap = float(np.mean(gaps)) if len(gaps) else 1.0
+    period = times_s[-1] + max(mean_gap, 0.001)  # a trace of identical times must not loop at 0 s
     for k in itertools.count():
         for t in times_s:
             yield (k * period + t) * time_scale

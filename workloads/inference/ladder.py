@@ -20,7 +20,12 @@ import torch
 from cotrain.config import InferenceConfig
 from cotrain.records import write_json_atomic
 from cotrain.workloads.inference.profiler import ProfileKey, default_cache_dir, load_or_profile
-from cotrain.workloads.inference.variants import BuiltVariant, build_variant, parse_ladder
+from cotrain.workloads.inference.variants import (
+    BuiltVariant,
+    available_precisions,
+    build_variant,
+    parse_ladder,
+)
 
 
 def prepare_ladder(
@@ -32,7 +37,7 @@ def prepare_ladder(
     make_infer: Callable[[Any, Sequence[torch.Tensor]], Any],
 ) -> dict[str, Any]:
     """Build every variant, write variants.json and profile.json, return name -> infer."""
-    specs = parse_ladder(config.variants or [])
+    specs = parse_ladder(config.variants or [], available=available_precisions())
     calibration = torch.stack(list(pool[: min(len(pool), 64)]))
     built: dict[str, BuiltVariant] = {}
 

@@ -46,6 +46,7 @@ class _Request:
     losses: list[float] = field(default_factory=list)
     samples: int = 0
     started_ns: int = 0
+    cancelled: bool = False  # the bridge gave up waiting: never run it for nobody
 
 
 class FederatedTrainer(Trainer):
@@ -71,7 +72,7 @@ class FederatedTrainer(Trainer):
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._active: _Request | None = None
         self._round = 0
-        self._last_eval_accuracy: float | None = None
+        self._pending_row: tuple[object, ...] | None = None
 
     # --- weights <-> arrays --------------------------------------------------------------------
 
@@ -101,6 +102,7 @@ class FederatedTrainer(Trainer):
     def _call(self, request: _Request) -> Any:
         self._requests.put(request)
         if not request.done.wait(timeout=self.cfg.round_timeout_s):
+            request.cancelled = True
             raise TimeoutError(f"local {request.kind} did not finish within {self.cfg.round_timeout_s:g} s")
         if request.error is not None:
             raise RuntimeError(request.error)
@@ -134,6 +136,8 @@ class FederatedTrainer(Trainer):
             return
 
     def _start(self, request: _Request) -> None:
+        if request.cancelled:
+            return
         request.started_ns = self.clock.now_ns()
         try:
             self._load_arrays(request.arrays)
@@ -143,9 +147,9 @@ class FederatedTrainer(Trainer):
             return
         if request.kind == "evaluate":
             loss, accuracy, n = self._evaluate()
-            self._last_eval_accuracy = accuracy
             request.result = (loss, {"eval_accuracy": accuracy}, n)
             request.done.set()
+            self._flush_round(accuracy)  # Flower evaluates after fit: this completes the round's row
             return
         self._active = request
 
@@ -166,32 +170,39 @@ class FederatedTrainer(Trainer):
         request = self._active
         if request is None:
             return
+        if request.cancelled:  # the server stopped waiting (e.g. a long pause): drop the round
+            self._active = None
+            return
         request.losses.append(self._last_loss if self._last_loss is not None else float("nan"))
         request.samples += (
             self.batch_size
         )  # the last batch of an epoch may be smaller; close enough as a weight
         if len(request.losses) < request.steps:
             return
+        self._flush_round(None)  # a round without an evaluate still gets its row
         self._round += 1
         mean_loss = float(np.mean(request.losses))
         request.result = (self._arrays(), {"train_loss": mean_loss}, request.samples)
         request.done.set()
         self._active = None
         now_ns = self.clock.now_ns()
-        self.rounds.write_rows(
-            [
-                (
-                    self._round,
-                    f"{now_ns / NS_PER_S:.6f}",
-                    len(request.losses),
-                    f"{mean_loss:.6f}",
-                    request.samples,
-                    f"{(now_ns - request.started_ns) / NS_PER_MS:.1f}",
-                    "" if self._last_eval_accuracy is None else f"{self._last_eval_accuracy:.4f}",
-                )
-            ]
+        self._pending_row = (
+            self._round,
+            f"{now_ns / NS_PER_S:.6f}",
+            len(request.losses),
+            f"{mean_loss:.6f}",
+            request.samples,
+            f"{(now_ns - request.started_ns) / NS_PER_MS:.1f}",
         )
         self.checkpoint()
+
+    def _flush_round(self, eval_accuracy: float | None) -> None:
+        """Write the last fit's row, with the accuracy of the evaluate that followed it if any."""
+        if self._pending_row is None:
+            return
+        accuracy = "" if eval_accuracy is None else f"{eval_accuracy:.4f}"
+        self.rounds.write_rows([(*self._pending_row, accuracy)])
+        self._pending_row = None
 
     def finish(self) -> None:
         for request in [self._active, *self._drain()]:
@@ -200,6 +211,7 @@ class FederatedTrainer(Trainer):
                 request.done.set()
         self._active = None
         self.bridge.stop()
+        self._flush_round(None)
         self.rounds.close()
 
     def _drain(self) -> list[_Request]:
