@@ -48,7 +48,3 @@ class FakeClock:
             raise ValueError("a monotonic clock cannot go backwards")
         with self._lock:
             self._now_ns += ns
-
-
-def ns_to_s(ns: int) -> float:
-    return ns / NS_PER_S

@@ -8,7 +8,6 @@ If the runtime disappears, the channel closes and the worker stops on its own.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import traceback
@@ -65,7 +64,3 @@ def wait_for_start(channel: Channel) -> Start | Stop:
 
 def report_failure(channel: Channel, exc: BaseException) -> None:
     channel.send(WorkerFailed(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()))
-
-
-def pid() -> int:
-    return os.getpid()

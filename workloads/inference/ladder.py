@@ -10,7 +10,6 @@ runtime gives them to the controller (`Observation.variants`, `Observation.profi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,8 +84,3 @@ def prepare_ladder(
         run_dir / "profile.json", {"from_cache": cached, "machine": table.machine, "latency_ms": rows}
     )
     return {name: make_infer(variant, pool) for name, variant in built.items()}
-
-
-def describe(run_dir: Path) -> str:
-    data = json.loads((run_dir / "variants.json").read_text(encoding="utf-8"))
-    return ", ".join(v["name"] for v in data)
