@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from cotrain.messages import Command, Report, Stop
@@ -22,10 +23,17 @@ class FakeChannel:
         self.waiting = threading.Event()
         self.closed = False
         self._lock = threading.Lock()
+        self._sent_changed = threading.Condition(self._lock)
 
     def send(self, message: Report) -> None:
-        with self._lock:
+        with self._sent_changed:
             self.sent.append(message)
+            self._sent_changed.notify_all()
+
+    def wait_for_sent(self, predicate: Callable[[Report], bool], timeout_s: float = 60) -> bool:
+        """Blocks until the worker has sent a report matching `predicate`: an event gate, not a sleep."""
+        with self._sent_changed:
+            return self._sent_changed.wait_for(lambda: any(predicate(m) for m in self.sent), timeout_s)
 
     def recv(self, timeout_s: float | None = None) -> Command | None:
         if timeout_s is not None and timeout_s > 0:

@@ -190,6 +190,8 @@ def test_a_variant_switch_applies_between_batches_under_load_and_drops_nothing(t
     assert heavy.entered.wait(timeout=60)  # a heavy batch is running; the rest wait in the queue
     channel.commands.put(SetVariant("light"))
     channel.commands.put(SetVariant("nonexistent"))
+    # The listener handles commands in order, so once it has refused "nonexistent" it has staged "light".
+    assert channel.wait_for_sent(lambda m: isinstance(m, Applied) and m.knob == "variant_unknown")
     assert service.arrivals_done.wait(timeout=60)
     heavy.gate.set()
     deadline = time.monotonic() + 60
