@@ -37,6 +37,8 @@ def _within(action: Action, bounds: KnobBounds) -> list[str]:
             problems.append(f"inference threads {a.threads}")
         if a.cpus is not None and not set(a.cpus) <= set(bounds.cpus):
             problems.append(f"inference cpus {a.cpus}")
+        if a.instances is not None and not bounds.instances[0] <= a.instances <= bounds.instances[1]:
+            problems.append(f"inference instances {a.instances}")
     for job, t in action.training.items():
         if job not in bounds.jobs:
             problems.append(f"unknown job {job}")

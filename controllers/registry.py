@@ -28,6 +28,7 @@ def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
             max_queue_delay_ms=i.max_queue_delay_ms,
             threads=i.threads,
             cpus=tuple(i.cpus) if i.cpus is not None else None,
+            instances=i.instances,
         )
     training = {
         job: TrainingChange(

@@ -27,6 +27,7 @@ class KnobBounds:
     batch_size: tuple[int, int] = (1, 65_536)
     duty_cycle: tuple[float, float] = (0.05, 1.0)
     variants: frozenset[str] | None = None  # the inference ladder; None: no ladder
+    instances: tuple[int, int] = (1, 16)
 
 
 def _clamp(name: str, value: N | None, lo: N, hi: N, notes: list[str]) -> N | None:
@@ -66,6 +67,7 @@ def bound_action(action: Action, bounds: KnobBounds) -> Action:
             ),
             threads=_clamp("inference threads", a.threads, *bounds.threads, notes),
             cpus=_cpus("inference cpus", a.cpus, bounds.cpus, notes),
+            instances=_clamp("inference instances", a.instances, *bounds.instances, notes),
         )
     training: dict[str, TrainingChange] = {}
     for job, t in action.training.items():

@@ -64,7 +64,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config, platform = loaded
     platform.restore()
     workloads = config.workloads
-    parts = (["inference"] if workloads.inference else []) + [f"train:{j.name}" for j in workloads.training]
+    parts = [s.worker for s in workloads.inference_services()] + [
+        f"train:{j.name}" for j in workloads.training
+    ]
     print(
         f"{args.config}: ok ({', '.join(parts)}; "
         f"controller {config.controller.name}; {config.duration_s:g} s)"

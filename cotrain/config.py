@@ -9,6 +9,7 @@ file and line of each offending field (see `yaml_source.py`).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,7 @@ from pydantic import (
 from cotrain.yaml_source import YamlDocument, load_yaml_document
 
 JOB_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+MAX_SEED = 2**32 - 1  # every RNG we seed (numpy, torch, random) takes this range; torch derives from it
 VARIANT_NAME = re.compile(r"^[a-z0-9_]+/(fp32|channels_last|bf16|int8)@[1-9][0-9]{0,3}$")
 
 
@@ -46,7 +48,7 @@ class SyntheticDatasetConfig(StrictModel):
     num_samples: int = Field(512, ge=1, le=1_000_000)
     num_classes: int = Field(10, ge=2, le=1000)
     image_size: int = Field(64, ge=8, le=1024)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class ImageFolderDatasetConfig(StrictModel):
@@ -65,7 +67,7 @@ class DigitsDatasetConfig(StrictModel):
     kind: Literal["digits"]
     split: Literal["train", "test", "all"] = "all"
     image_size: int = Field(32, ge=8, le=1024)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 DatasetConfig = Annotated[
@@ -113,7 +115,7 @@ class ConstantArrivalsConfig(StrictModel):
 class PoissonArrivalsConfig(StrictModel):
     process: Literal["poisson"]
     rate_per_s: float = Field(gt=0, le=100_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class TraceArrivalsConfig(StrictModel):
@@ -134,7 +136,7 @@ class BurstyArrivalsConfig(StrictModel):
     off_rate_per_s: float = Field(0.0, ge=0, le=100_000)
     on_s: float = Field(gt=0, le=86_400)
     off_s: float = Field(gt=0, le=86_400)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class RateStepConfig(StrictModel):
@@ -148,7 +150,7 @@ class RateScheduleArrivalsConfig(StrictModel):
     process: Literal["schedule"]
     steps: list[RateStepConfig] = Field(min_length=1)
     poisson: bool = Field(True, description="false: evenly spaced arrivals within each step")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> RateScheduleArrivalsConfig:
@@ -212,6 +214,18 @@ class InferenceConfig(PlacementMixin):
         "the service starts on the first; `model` then only gives weights and num_classes",
     )
     profile_batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    accuracy_eval: DatasetConfig | None = Field(
+        None,
+        description="labelled images on which each variant's top-1 is measured at start-up; "
+        "without it a variant carries torchvision's published ImageNet top-1, flagged as such",
+    )
+    instances: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="concurrent model executions sharing this service's queue (Triton's instance count)",
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where the model runs; cuda only where present")
 
     @model_validator(mode="after")
     def _capacity_holds_a_batch(self) -> InferenceConfig:
@@ -239,7 +253,7 @@ class DriftConfig(StrictModel):
     rotate_deg_per_s: float = Field(2.0, ge=0, le=360)
     max_deg: float = Field(180.0, ge=0, le=360)
     jitter_deg: float = Field(5.0, ge=0, le=180, description="per-sample random rotation on top")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class ContinualConfig(StrictModel):
@@ -311,19 +325,66 @@ class TrainingJobConfig(PlacementMixin):
     stats_period_s: float = Field(0.5, gt=0, le=60)
 
 
+class ServiceConfig(InferenceConfig):
+    """One of several inference services sharing the device (RankMap-style priorities).
+
+    When services contend, a batch of a lower-priority service waits while a higher-priority
+    one has work, except while it is below its throughput floor: then it runs anyway, so it is
+    degraded but never starved (see cotrain/gate.py).
+    """
+
+    name: str = Field(pattern=JOB_NAME_PATTERN)
+    priority: int = Field(0, ge=0, le=100, description="higher is served first when services contend")
+    min_throughput_per_s: float = Field(
+        0.0, ge=0, le=1_000_000, description="throughput floor kept even while higher priorities are busy"
+    )
+
+
 class WorkloadsConfig(StrictModel):
     inference: InferenceConfig | None = None
+    services: list[ServiceConfig] = Field(
+        default_factory=list, description="several inference services; instead of `inference`"
+    )
     training: list[TrainingJobConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _something_to_run(self) -> WorkloadsConfig:
-        if self.inference is None and not self.training:
-            raise ValueError("at least one workload (inference or training) is required")
+        if self.inference is None and not self.services and not self.training:
+            raise ValueError("at least one workload (inference, services or training) is required")
+        if self.inference is not None and self.services:
+            raise ValueError("give either inference (one service) or services (several), not both")
         names = [job.name for job in self.training]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"training job names must be unique, repeated: {', '.join(dupes)}")
+        names = [service.name for service in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"service names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+    def inference_services(self) -> list[ServiceSpec]:
+        """Every inference service, in config order, with its worker name and config path."""
+        if self.inference is not None:
+            return [ServiceSpec("inference", "inference", "workloads.inference", self.inference, 0)]
+        return [
+            ServiceSpec(s.name, f"inference:{s.name}", f"workloads.services[{i}]", s, s.priority)
+            for i, s in enumerate(self.services)
+        ]
+
+    def primary_inference(self) -> ServiceSpec | None:
+        """The service the controller's inference knobs act on: the highest priority, first listed."""
+        services = self.inference_services()
+        return max(services, key=lambda s: s.priority) if services else None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    worker: str  # the process name in processes.json and events
+    where: str  # the config path, for messages
+    config: InferenceConfig
+    priority: int
 
 
 # --- controller ---------------------------------------------------------------------------------
@@ -335,6 +396,7 @@ class InferenceKnobsConfig(StrictModel):
     max_queue_delay_ms: float | None = Field(None, ge=0, le=60_000)
     threads: int | None = Field(None, ge=1, le=1024)
     cpus: list[int] | None = Field(None, min_length=1)
+    instances: int | None = Field(None, ge=1, le=16)
 
 
 class TrainingKnobsConfig(StrictModel):
@@ -442,7 +504,7 @@ class OutputConfig(StrictModel):
 
 class ExperimentConfig(StrictModel):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     duration_s: float = Field(gt=0, le=7 * 24 * 3600)
     platform: PlatformConfig = HostPlatformConfig(kind="host")
     controller: ControllerConfig = StaticControllerConfig(name="static")
@@ -451,25 +513,26 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _variants_are_known(self) -> ExperimentConfig:
-        inference = self.workloads.inference
-        ladder = (inference.variants if inference is not None else None) or []
-        for i, name in enumerate(ladder):
-            if not VARIANT_NAME.match(name):
-                raise ValueError(
-                    f"workloads.inference.variants[{i}]: {name!r} is not "
-                    "<arch>/<fp32|channels_last|bf16|int8>@<size>"
-                )
-        if len(set(ladder)) != len(ladder):
-            raise ValueError("workloads.inference.variants: names must be unique")
+        for service in self.workloads.inference_services():
+            ladder = service.config.variants or []
+            for i, name in enumerate(ladder):
+                if not VARIANT_NAME.match(name):
+                    raise ValueError(
+                        f"{service.where}.variants[{i}]: {name!r} is not "
+                        "<arch>/<fp32|channels_last|bf16|int8>@<size>"
+                    )
+            if len(set(ladder)) != len(ladder):
+                raise ValueError(f"{service.where}.variants: names must be unique")
+        primary = self.workloads.primary_inference()
+        ladder = (primary.config.variants if primary is not None else None) or []
+        where = primary.where if primary is not None else "workloads.inference"
         if isinstance(self.controller, LadderControllerConfig) and len(ladder) < 2:
-            raise ValueError("controller ladder needs workloads.inference.variants with at least two entries")
+            raise ValueError(f"controller ladder needs {where}.variants with at least two entries")
         if isinstance(self.controller, ScheduleControllerConfig):
             for step in self.controller.steps:
                 wanted = step.set.inference.variant if step.set.inference else None
                 if wanted is not None and wanted not in ladder:
-                    raise ValueError(
-                        f"controller.steps: variant {wanted!r} is not in workloads.inference.variants"
-                    )
+                    raise ValueError(f"controller.steps: variant {wanted!r} is not in {where}.variants")
         return self
 
     @model_validator(mode="after")
@@ -483,7 +546,10 @@ class ExperimentConfig(StrictModel):
                 continue
             where = f"workloads.training[{i}]"
             if inference is None:
-                raise ValueError(f"{where}: deploys to inference, but there is no inference workload")
+                raise ValueError(
+                    f"{where}: deploys to inference, but there is no single inference workload "
+                    "(with several services, set continual.deploy_to: null)"
+                )
             if job.model.name != inference.model.name:
                 raise ValueError(
                     f"{where}.model.name ({job.model.name}) must equal workloads.inference.model.name "
@@ -509,7 +575,7 @@ class ExperimentConfig(StrictModel):
                         f"controller.steps: unknown training job(s) {', '.join(unknown)}; "
                         f"known: {', '.join(sorted(known)) or 'none'}"
                     )
-                if step.set.inference is not None and self.workloads.inference is None:
+                if step.set.inference is not None and self.workloads.primary_inference() is None:
                     raise ValueError(
                         "controller.steps: sets inference knobs but there is no inference workload"
                     )
@@ -541,7 +607,7 @@ def _describe(err: dict[str, Any], doc: YamlDocument | None, source: str) -> str
         message = re.sub(r"^Value error, ", "", message)
         if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
             message += f" (got {err['input']!r})"
-    return f"{where}: {path or '<top level>'}: {message}"
+    return f"{where}: {'<top level>' if not loc else path or repr(path)}: {message}"
 
 
 def parse_config(data: Any, *, doc: YamlDocument | None = None, source: str = "<config>") -> ExperimentConfig:
@@ -561,10 +627,16 @@ def read_yaml_file(path: Path, what: str = "config") -> YamlDocument:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read {what}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: {what} is not UTF-8 text (byte {exc.start})"]) from None
+    except ValueError as exc:  # e.g. an embedded NUL in the path
+        raise ConfigError([f"{source!r}: cannot read {what}: {exc}"]) from None
     try:
         return load_yaml_document(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: not valid YAML: {' '.join(str(exc).split())}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: {what} is nested too deeply"]) from None
     except ValueError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
 

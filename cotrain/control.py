@@ -27,6 +27,7 @@ class InferenceKnobs:
     threads: int
     cpus: tuple[int, ...] | None  # None: unpinned
     variant: str | None = None  # None: the single configured model
+    instances: int = 1  # concurrent model executions sharing the queue
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class InferenceChange:
     max_queue_delay_ms: float | None = None
     threads: int | None = None
     cpus: tuple[int, ...] | None = None
+    instances: int | None = None
 
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

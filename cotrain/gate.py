@@ -19,6 +19,7 @@ training loop polls it every `POLL_S` (2 ms), which costs it nothing it was not 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -26,30 +27,51 @@ POLL_S = 0.002
 
 
 class InterleavingGate:
-    def __init__(self, ctx: BaseContext) -> None:
-        self._raised: Any = ctx.RawValue("b", 0)  # written only by the inference process
+    """One busy byte per inference service (`slots`); training sees the gate raised if any is.
+
+    Several services also read each other's slots: a lower-priority service defers its next
+    batch while a higher-priority slot is raised (workloads/inference/priority.py). Each slot
+    is written only by its own service, so no lock is needed.
+    """
+
+    def __init__(self, ctx: BaseContext, slots: int = 1) -> None:
+        if slots < 1:
+            raise ValueError(f"a gate needs at least one slot, got {slots}")
+        self._raised: Any = ctx.RawArray("b", slots)
         self._raised_total: Any = ctx.RawValue("q", 0)
 
-    def set(self, raised: bool) -> None:
-        """Raise or lower. One shared-memory write; never blocks."""
-        if bool(self._raised.value) == raised:
+    @property
+    def slots(self) -> int:
+        return len(self._raised)
+
+    def set(self, raised: bool, slot: int = 0) -> None:
+        """Raise or lower one service's slot. One shared-memory write; never blocks."""
+        if bool(self._raised[slot]) == raised:
             return
         if raised:
             self._raised_total.value += 1
-        self._raised.value = 1 if raised else 0
+        self._raised[slot] = 1 if raised else 0
+
+    def slot_setter(self, slot: int) -> Callable[[bool], None]:
+        """`set` bound to one slot: what a service's queue calls when it turns busy or idle."""
+        return lambda raised: self.set(raised, slot)
+
+    def any_raised(self, slots: Iterable[int]) -> bool:
+        raised = self._raised
+        return any(raised[i] for i in slots)
 
     @property
     def raised(self) -> bool:
-        return bool(self._raised.value)
+        return any(self._raised)
 
     @property
     def times_raised(self) -> int:
         return int(self._raised_total.value)
 
     def wait_lowered(self, timeout_s: float | None) -> bool:
-        """Return True once the gate is lowered, False if `timeout_s` passes first."""
+        """Return True once every slot is lowered, False if `timeout_s` passes first."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._raised.value:
+        while any(self._raised):
             remaining = POLL_S if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return False

@@ -43,6 +43,13 @@ class SetThreads:
 
 
 @dataclass(frozen=True)
+class SetInstances:
+    """Concurrent model executions sharing the inference queue (Triton's instance count)."""
+
+    instances: int
+
+
+@dataclass(frozen=True)
 class SetNumWorkers:
     num_workers: int
 
@@ -84,6 +91,7 @@ Command = (
     | SetBatching
     | SetVariant
     | SetThreads
+    | SetInstances
     | SetNumWorkers
     | SetPaused
     | SetBatchSize

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cotrain.config import DatasetConfig, ExperimentConfig, ImageFolderDatasetConfig, ModelConfig
+from cotrain.config import (
+    DatasetConfig,
+    ExperimentConfig,
+    ImageFolderDatasetConfig,
+    InferenceConfig,
+    ModelConfig,
+)
 from cotrain.platform.base import Platform
 
 
@@ -50,7 +56,7 @@ def _arrivals_problems(path: str, arrivals: object) -> list[str]:
     return []
 
 
-def _ladder_problems(ladder: list[str] | None, known: frozenset[str]) -> list[str]:
+def _ladder_problems(where: str, ladder: list[str] | None, known: frozenset[str]) -> list[str]:
     """Every variant must be buildable here: a known architecture and a precision this CPU runs
     well (bf16 only with native support, int8 only with a quantised engine, never fp16)."""
     if not ladder:
@@ -60,7 +66,20 @@ def _ladder_problems(ladder: list[str] | None, known: frozenset[str]) -> list[st
     try:
         parse_ladder(ladder, available=available_precisions(), known_archs=known)
     except VariantError as exc:
-        return [f"workloads.inference.variants: {exc}"]
+        return [f"{where}.variants: {exc}"]
+    return []
+
+
+def _device_problems(where: str, inference: InferenceConfig) -> list[str]:
+    """cuda must exist here, and the variant ladder is built for the CPU (int8 and bf16 kernels)."""
+    if inference.device != "cuda":
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return [f"{where}.device: cuda is not available on this machine (torch sees no CUDA device)"]
+    if inference.variants:
+        return [f"{where}.device: variant ladders run on the CPU only; drop variants or use device: cpu"]
     return []
 
 
@@ -116,13 +135,16 @@ def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
 
     known = classification_model_names()
     problems: list[str] = []
-    inference = config.workloads.inference
-    if inference is not None:
-        problems += _model_problems("workloads.inference", inference.model, known)
-        problems += _dataset_problems("workloads.inference", inference.dataset)
-        problems += _arrivals_problems("workloads.inference", inference.arrivals)
-        problems += _ladder_problems(inference.variants, known)
-        problems += _cpu_problems("workloads.inference", inference.cpus, available_cpus)
+    for service in config.workloads.inference_services():
+        where, inference = service.where, service.config
+        problems += _model_problems(where, inference.model, known)
+        problems += _dataset_problems(where, inference.dataset)
+        if inference.accuracy_eval is not None:
+            problems += _dataset_problems(f"{where}.accuracy_eval", inference.accuracy_eval)
+        problems += _arrivals_problems(where, inference.arrivals)
+        problems += _ladder_problems(where, inference.variants, known)
+        problems += _cpu_problems(where, inference.cpus, available_cpus)
+        problems += _device_problems(where, inference)
     for i, job in enumerate(config.workloads.training):
         where = f"workloads.training[{i}]"
         problems += _model_problems(where, job.model, known)

@@ -31,6 +31,10 @@ class RunDir:
     def requests_csv(self) -> Path:
         return self.path / "requests.csv"
 
+    def service_requests_csv(self, service: str) -> Path:
+        """With several inference services, each keeps its records (and ladder files) in its own folder."""
+        return self.path / "services" / service / "requests.csv"
+
     def train_csv(self, job: str) -> Path:
         return self.path / f"train-{job}.csv"
 
@@ -105,7 +109,7 @@ class RunDir:
 
     def _clear_previous_run(self) -> None:
         for child in self.path.iterdir():
-            if child.is_dir() and child.name == "checkpoints":
+            if child.is_dir() and child.name in ("checkpoints", "services", "models", "fl"):
                 shutil.rmtree(child)
             elif child.is_file() and (
                 child.name in RUN_MARKERS

@@ -42,6 +42,7 @@ from cotrain.messages import (
     SetBatching,
     SetBatchSize,
     SetDutyCycle,
+    SetInstances,
     SetInterleave,
     SetNumWorkers,
     SetPaused,
@@ -81,6 +82,11 @@ class RunFailed(Exception):
     pass
 
 
+def fair_thread_share(config: ExperimentConfig, cpu_count: int) -> int:
+    n_processes = len(config.workloads.inference_services()) + len(config.workloads.training)
+    return max(1, cpu_count // max(1, n_processes))
+
+
 def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
     """Knobs at start: as configured, threads defaulting to a fair share of the cores.
 
@@ -89,17 +95,18 @@ def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
     splits the cores evenly between the workload processes.
     """
     workloads = config.workloads
-    n_processes = (1 if workloads.inference else 0) + len(workloads.training)
-    share = max(1, cpu_count // max(1, n_processes))
+    share = fair_thread_share(config, cpu_count)
     inference = None
-    if workloads.inference is not None:
-        i = workloads.inference
+    primary = workloads.primary_inference()
+    if primary is not None:
+        i = primary.config
         inference = InferenceKnobs(
             max_batch_size=i.batching.max_batch_size,
             max_queue_delay_ms=i.batching.max_queue_delay_ms,
             threads=i.threads or share,
             cpus=tuple(i.cpus) if i.cpus else None,
             variant=i.variants[0] if i.variants else None,
+            instances=i.instances,
         )
     training = {
         job.name: TrainingKnobs(
@@ -120,7 +127,8 @@ def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
 def knob_bounds(
     config: ExperimentConfig, cpus: tuple[int, ...], power_modes: frozenset[str] | None = None
 ) -> KnobBounds:
-    inference = config.workloads.inference
+    primary = config.workloads.primary_inference()
+    inference = primary.config if primary is not None else None
     capacity = inference.queue_capacity if inference else 1
     return KnobBounds(
         max_batch_size=(1, capacity),
@@ -191,7 +199,10 @@ class Runtime:
             run_dir, env={"TORCHINDUCTOR_CACHE_DIR": str(run_dir.path / ".inductor-cache")}
         )
         self._log = log or (lambda message: None)
-        self.gate = InterleavingGate(self.supervisor.ctx)
+        self.services = config.workloads.inference_services()
+        primary = config.workloads.primary_inference()
+        self.primary = primary.worker if primary is not None else INFERENCE  # the controller's service
+        self.gate = InterleavingGate(self.supervisor.ctx, slots=max(1, len(self.services)))
         self._events: JsonlAppender | None = None
         self._decisions: JsonlAppender | None = None
         self._telemetry: CsvAppender | None = None
@@ -260,7 +271,8 @@ class Runtime:
 
     def on_report(self, worker: str, report: Report) -> None:
         if isinstance(report, InferenceStats):
-            self._inference_stats.append(report)
+            if worker == self.primary:  # the others are governed by priorities, not the controller
+                self._inference_stats.append(report)
         elif isinstance(report, TrainingStats):
             self._training_stats[worker.removeprefix("train:")].append(report)
         elif isinstance(report, Applied):
@@ -304,15 +316,18 @@ class Runtime:
         if action.inference is not None and after.inference is not None:
             changes = action.inference.changes()
             if "variant" in changes:
-                self.supervisor.send(INFERENCE, SetVariant(changes["variant"]))
+                self.supervisor.send(self.primary, SetVariant(changes["variant"]))
             if "max_batch_size" in changes or "max_queue_delay_ms" in changes:
                 self.supervisor.send(
-                    INFERENCE, SetBatching(after.inference.max_batch_size, after.inference.max_queue_delay_ms)
+                    self.primary,
+                    SetBatching(after.inference.max_batch_size, after.inference.max_queue_delay_ms),
                 )
             if "threads" in changes:
-                self.supervisor.send(INFERENCE, SetThreads(after.inference.threads))
+                self.supervisor.send(self.primary, SetThreads(after.inference.threads))
+            if "instances" in changes:
+                self.supervisor.send(self.primary, SetInstances(after.inference.instances))
             if "cpus" in changes:
-                self._place(INFERENCE, after.inference.cpus)
+                self._place(self.primary, after.inference.cpus)
         for job, change in action.training.items():
             worker = train_worker(job)
             changes = change.changes()
@@ -365,10 +380,16 @@ class Runtime:
 
     # --- variants --------------------------------------------------------------------------------
 
+    def _requests_csv(self, worker: str) -> Path:
+        if worker == INFERENCE:
+            return self.run_dir.requests_csv
+        return self.run_dir.service_requests_csv(worker.removeprefix("inference:"))
+
     def _load_ladder(self) -> None:
         """The ladder's accuracies and the micro-profile, written by the inference process at start."""
-        variants_file = self.run_dir.path / "variants.json"
-        profile_file = self.run_dir.path / "profile.json"
+        folder = self._requests_csv(self.primary).parent
+        variants_file = folder / "variants.json"
+        profile_file = folder / "profile.json"
         if not variants_file.exists():
             return
         data = json.loads(variants_file.read_text(encoding="utf-8"))
@@ -493,7 +514,8 @@ class Runtime:
                     )
                 ]
             )
-        inference = self.config.workloads.inference
+        primary = self.config.workloads.primary_inference()
+        inference = primary.config if primary is not None else None
         obs = build_observation(
             time_s=now_s,
             window_s=window_s,
@@ -542,20 +564,31 @@ class Runtime:
     # --- the run -------------------------------------------------------------------------------
 
     def _spawn_all(self) -> None:
+        from cotrain.workloads.inference.priority import higher_priority_slots, priority_nice
         from cotrain.workloads.inference.service import inference_process_main
         from cotrain.workloads.training.trainer import training_process_main
 
         config = self.config
-        if config.workloads.inference is not None and self.knobs.inference is not None:
+        priorities = [s.priority for s in self.services]
+        share = fair_thread_share(config, len(self.cpus))
+        for slot, service in enumerate(self.services):
+            requests_csv = self._requests_csv(service.worker)
+            requests_csv.parent.mkdir(parents=True, exist_ok=True)
+            primary = service.worker == self.primary and self.knobs.inference is not None
+            threads = self.knobs.inference.threads if primary and self.knobs.inference else None
             self.supervisor.spawn(
-                INFERENCE,
+                service.worker,
                 inference_process_main,
                 (
-                    config.workloads.inference,
-                    str(self.run_dir.requests_csv),
-                    self.knobs.inference.threads,
+                    service.config,
+                    str(requests_csv),
+                    threads or service.config.threads or share,
                     config.seed,
                     self.gate,
+                    slot,
+                    higher_priority_slots(priorities, slot),
+                    getattr(service.config, "min_throughput_per_s", 0.0),
+                    priority_nice(priorities, slot),
                 ),
             )
         federated = [j.name for j in config.workloads.training if j.kind == "federated"]
@@ -703,7 +736,10 @@ class Runtime:
     def _apply_initial_placement(self) -> None:
         knobs = self.knobs
         if knobs.inference is not None and knobs.inference.cpus is not None:
-            self._place(INFERENCE, knobs.inference.cpus)
+            self._place(self.primary, knobs.inference.cpus)
+        for service in self.services:
+            if service.worker != self.primary and service.config.cpus:
+                self._place(service.worker, tuple(service.config.cpus))
         for job, t in knobs.training.items():
             if t.cpus is not None:
                 self._place(train_worker(job), t.cpus)
@@ -716,8 +752,8 @@ class Runtime:
             if self._stop_reason is not None:
                 self.event("stop_requested", signal=self._stop_reason)
             self.event("run_stopped", status=status)
-        inference = self.config.workloads.inference
-        timeout_s = (inference.drain_timeout_s if inference else 0.0) + 30.0
+        drain_s = max((s.config.drain_timeout_s for s in self.services), default=0.0)
+        timeout_s = drain_s + 30.0
         killed = self.supervisor.stop_all(timeout_s, self.on_report)
         for worker in killed:
             self.event("worker_killed", worker=worker, reason=f"did not stop within {timeout_s:.0f} s")

@@ -147,6 +147,11 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
             duration_s,
             _variant_accuracies(run.path / "variants.json"),
         )
+    services = workloads.get("services") or []
+    if services:
+        summary["services"] = {s["name"]: service_summary(run, s, duration_s) for s in services}
+        primary = max(services, key=lambda s: int(s.get("priority", 0)))  # first listed on ties
+        summary["inference"] = {"service": primary["name"], **summary["services"][primary["name"]]}
     summary["training"] = {}
     for job in workloads.get("training", []):
         name = job["name"]
@@ -167,6 +172,32 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
             "last_round_accuracy": _float_or_none(last["eval_accuracy"]),
         }
     return summary
+
+
+def service_summary(run: RunDir, service: dict[str, Any], duration_s: float | None) -> dict[str, Any]:
+    """One of several services: the single-service keys, plus its priority and throughput floor.
+
+    `floor_met` asks whether it served at least its floor, or everything that arrived if fewer
+    arrived than the floor asks for.
+    """
+    requests_csv = run.service_requests_csv(service["name"])
+    entry = inference_summary(
+        read_csv_rows(requests_csv),
+        float(service["slo_ms"]),
+        duration_s,
+        _variant_accuracies(requests_csv.parent / "variants.json"),
+    )
+    floor = float(service.get("min_throughput_per_s", 0.0))
+    throughput = entry["throughput_per_s"]
+    arrived_per_s = entry["requests"]["arrived"] / duration_s if duration_s else None
+    entry["priority"] = int(service.get("priority", 0))
+    entry["min_throughput_per_s"] = floor
+    entry["floor_met"] = (
+        None
+        if throughput is None or arrived_per_s is None
+        else bool(throughput >= min(floor, arrived_per_s) - 1e-9)
+    )
+    return entry
 
 
 def _variant_accuracies(path: Path) -> dict[str, float | None]:
@@ -220,12 +251,37 @@ def summary_table(summary: dict[str, Any]) -> Any:
     table.add_column("workload")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    inf = summary.get("inference")
+    if summary.get("services"):
+        for name, entry in summary["services"].items():
+            _inference_rows(table, f"svc:{name} (priority {entry['priority']})", entry)
+            if entry["min_throughput_per_s"]:
+                met = {True: "met", False: "MISSED", None: "-"}[entry["floor_met"]]
+                table.add_row(
+                    "",
+                    f"served/s vs floor {entry['min_throughput_per_s']:g}/s",
+                    f"{_fmt(entry['throughput_per_s'])} ({met})",
+                )
+    elif summary.get("inference"):
+        _inference_rows(table, "inference", summary["inference"])
+    for job, t in summary.get("training", {}).items():
+        table.add_row(
+            f"train:{job}", "samples/s (steps/s)", f"{t['samples_per_s']:.1f} ({t['steps_per_s']:.2f})"
+        )
+        table.add_row(
+            "",
+            "steps, loss first → last",
+            f"{t['steps']}, {t['first_loss'] if t['first_loss'] is not None else '-'} → "
+            f"{t['final_loss'] if t['final_loss'] is not None else '-'}",
+        )
+    return table
+
+
+def _inference_rows(table: Any, label: str, inf: dict[str, Any]) -> None:
     if inf:
         lat = inf["latency_ms"]
         req = inf["requests"]
         table.add_row(
-            "inference",
+            label,
             "latency p50 / p95 / p99 / max (ms)",
             " / ".join(_fmt(lat[k]) for k in ("p50", "p95", "p99", "max")),
         )
@@ -239,14 +295,3 @@ def summary_table(summary: dict[str, Any]) -> Any:
         table.add_row(
             "", "mean batch size", "-" if inf["mean_batch_size"] is None else f"{inf['mean_batch_size']:.2f}"
         )
-    for job, t in summary.get("training", {}).items():
-        table.add_row(
-            f"train:{job}", "samples/s (steps/s)", f"{t['samples_per_s']:.1f} ({t['steps_per_s']:.2f})"
-        )
-        table.add_row(
-            "",
-            "steps, loss first → last",
-            f"{t['steps']}, {t['first_loss'] if t['first_loss'] is not None else '-'} → "
-            f"{t['final_loss'] if t['final_loss'] is not None else '-'}",
-        )
-    return table

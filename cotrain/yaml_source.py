@@ -52,7 +52,12 @@ def _child(node: yaml.Node | None, element: str | int) -> yaml.Node | None:
     return None
 
 
-def _check_duplicates(node: yaml.Node | None, path: str = "") -> None:
+def _check_duplicates(node: yaml.Node | None, path: str = "", seen_nodes: set[int] | None = None) -> None:
+    """Walk the node graph once: an alias shares its node, and may even point back at a parent."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if node is None or id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key, value in node.value:
@@ -64,10 +69,10 @@ def _check_duplicates(node: yaml.Node | None, path: str = "") -> None:
                         f"line {line}: duplicate key {where!r} (first at line {seen[key.value]})"
                     )
                 seen[key.value] = line
-                _check_duplicates(value, f"{path}.{key.value}" if path else key.value)
+                _check_duplicates(value, f"{path}.{key.value}" if path else key.value, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _check_duplicates(item, f"{path}[{i}]")
+            _check_duplicates(item, f"{path}[{i}]", seen_nodes)
 
 
 def load_yaml_document(text: str) -> YamlDocument:

@@ -206,3 +206,76 @@ def test_a_variant_switch_applies_between_batches_under_load_and_drops_nothing(t
     assert variants == sorted(variants, key=lambda v: v == "light"), "one clean switch"
     applied = {(a.knob, a.value) for a in channel.of_type(Applied)}
     assert ("variant", "light") in applied and ("variant_unknown", "nonexistent") in applied
+
+
+class RendezvousModel:
+    """Each call waits until `parties` calls are inside at once: it can only finish if the
+    service runs that many batches concurrently."""
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=60)
+        self.concurrent = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: Sequence[Request]) -> list[int]:
+        with self._lock:
+            self.concurrent += 1
+            self.peak = max(self.peak, self.concurrent)
+        try:
+            self.barrier.wait()
+        finally:
+            with self._lock:
+                self.concurrent -= 1
+        return [0] * len(batch)
+
+
+def _serve_burst_until_recorded(service: InferenceService, channel: FakeChannel, path: Path, n: int) -> None:
+    serving = run_serve(service, burst(n))
+    deadline = time.monotonic() + 60
+    while len(read_csv_rows(path)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the record file
+    channel.commands.put(Stop())
+    serving.join(timeout=60)
+    assert not serving.is_alive()
+
+
+def test_two_model_instances_run_two_batches_at_once_from_one_queue(tmp_path: Path) -> None:
+    model = RendezvousModel(parties=2)
+    channel = FakeChannel()
+    config = inference_config(instances=2, batching={"max_batch_size": 2, "max_queue_delay_ms": 0})
+    service = InferenceService(config, tmp_path / "requests.csv", channel, model, "m", repeat(0))  # type: ignore[arg-type]
+    threading.Thread(target=service.listen, daemon=True).start()
+    _serve_burst_until_recorded(service, channel, tmp_path / "requests.csv", 8)
+    rows = read_csv_rows(tmp_path / "requests.csv")
+    assert sorted(int(r["request_id"]) for r in rows) == list(range(8))
+    assert {r["outcome"] for r in rows} == {"served"}, "a single instance would break the barrier"
+    assert model.peak == 2
+
+
+def test_the_instance_count_is_a_live_knob(tmp_path: Path) -> None:
+    from cotrain.messages import SetInstances
+
+    model = RendezvousModel(parties=3)
+    channel = FakeChannel()
+    config = inference_config(batching={"max_batch_size": 1, "max_queue_delay_ms": 0})
+    service = InferenceService(config, tmp_path / "requests.csv", channel, model, "m", repeat(0))  # type: ignore[arg-type]
+    threading.Thread(target=service.listen, daemon=True).start()
+    release = threading.Event()
+
+    def offsets() -> Iterator[float]:
+        assert release.wait(timeout=60)  # requests arrive only once the knob has been applied
+        yield from [0.0] * 6
+
+    serving = run_serve(service, offsets())
+    channel.commands.put(SetInstances(3))
+    assert channel.wait_for_sent(lambda m: isinstance(m, Applied) and m.knob == "instances" and m.value == 3)
+    release.set()
+    deadline = time.monotonic() + 60
+    while len(read_csv_rows(tmp_path / "requests.csv")) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the record file
+    channel.commands.put(Stop())
+    serving.join(timeout=60)
+    rows = read_csv_rows(tmp_path / "requests.csv")
+    assert len(rows) == 6 and {r["outcome"] for r in rows} == {"served"}
+    assert model.peak == 3

@@ -298,3 +298,39 @@ def test_layout_and_bf16_variants_agree_with_fp32(probe: Any) -> None:
     for precision in precisions:
         other = build_variant(VariantSpec("resnet18", precision, SIZE_PX), NUM_CLASSES, weights_path=weights)
         assert _agreement(fp32, other, images) >= 0.8, precision
+
+
+def test_a_configured_eval_set_gives_every_rung_its_measured_accuracy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from cotrain.config import InferenceConfig
+    from cotrain.workloads.inference.ladder import labelled_eval_set, prepare_ladder
+    from cotrain.workloads.inference.variants import top1_accuracy
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = InferenceConfig.model_validate(
+        {
+            "model": {"name": "mobilenet_v3_small", "num_classes": 10},
+            "dataset": {"kind": "synthetic", "num_samples": 16, "num_classes": 10, "image_size": 32},
+            "accuracy_eval": {"kind": "digits", "split": "test", "image_size": 32},
+            "arrivals": {"process": "constant", "rate_per_s": 1},
+            "slo_ms": 100,
+            "batching": {"max_batch_size": 2},
+            "variants": ["mobilenet_v3_small/fp32@32", "mobilenet_v3_small/channels_last@32"],
+            "profile_batch_sizes": [1, 2],
+        }
+    )
+    eval_set = labelled_eval_set(config)
+    assert eval_set is not None
+    images, labels = eval_set
+    assert images.shape[1:] == (3, 32, 32)
+    assert len(images) == len(labels) == 445  # the stratified 25 % test split of the 1,797 digits
+    assert set(labels.tolist()) == set(range(10))
+    pool = [images[i] for i in range(8)]
+    infers = prepare_ladder(config, 10, pool, 0, tmp_path, lambda variant, pool: variant)
+    described = json.loads((tmp_path / "variants.json").read_text())
+    assert [v["accuracy_source"] for v in described] == ["measured", "measured"]
+    for entry in described:
+        assert entry["accuracy"] == pytest.approx(top1_accuracy(infers[entry["name"]], images, labels))

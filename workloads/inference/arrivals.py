@@ -81,7 +81,11 @@ def read_trace_s(text: str) -> list[float]:
     `arrival_s` column. Returned sorted and shifted so the first arrival is at 0."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     if "arrival_s" in first:
-        times = [float(row["arrival_s"]) for row in csv.DictReader(io.StringIO(text)) if row.get("arrival_s")]
+        try:
+            rows = list(csv.DictReader(io.StringIO(text)))
+        except csv.Error as exc:
+            raise ValueError(f"not a readable CSV: {exc}") from None
+        times = [float(row["arrival_s"]) for row in rows if row.get("arrival_s")]
     else:
         times = []
         for number, line in enumerate(text.splitlines(), start=1):

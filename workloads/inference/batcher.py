@@ -99,12 +99,12 @@ class BatchQueue(Generic[T]):
     def __init__(self, batcher: DynamicBatcher[T], on_busy: Callable[[bool], None] | None = None) -> None:
         self._batcher = batcher
         self._cond = threading.Condition()
-        self._running = False
+        self._running = 0  # batches taken and not yet done: one per model instance at most
         self._on_busy = on_busy
         self._busy = False
 
     def _update_busy(self) -> None:
-        busy = self._running or len(self._batcher) > 0
+        busy = self._running > 0 or len(self._batcher) > 0
         if busy != self._busy:
             self._busy = busy
             if self._on_busy is not None:
@@ -121,7 +121,7 @@ class BatchQueue(Generic[T]):
     def batch_done(self) -> None:
         """The executor finished the batch `next_batch` gave it."""
         with self._cond:
-            self._running = False
+            self._running = max(0, self._running - 1)
             self._update_busy()
 
     def depth(self) -> int:
@@ -158,7 +158,7 @@ class BatchQueue(Generic[T]):
                 self._cond.wait(timeout=min(max_wait_s, wait_ns / NS_PER_S))
             batch = self._batcher.take_now() if flush else self._batcher.take()
             if batch:
-                self._running = True
+                self._running += 1
             return batch
 
     def drain(self) -> list[T]:

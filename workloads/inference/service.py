@@ -1,13 +1,18 @@
 """The inference service process: arrivals -> bounded queue -> dynamic batcher -> model.
 
-Three threads share one process:
+Three threads (plus one per extra model instance) share one process:
 - the *source* turns the seeded arrival schedule into requests at their arrival times and sheds
   those that find the queue full;
 - the *listener* receives control commands; batching changes reach the batcher at once (they
   only affect the next dispatch), thread changes are queued for the executor;
 - the *executor* (main thread) dispatches batches, runs the model, writes one record per request
   and sends window statistics to the runtime. It applies queued knobs between batches, because
-  torch's thread count is a per-thread setting that must be set where the model runs.
+  torch's thread count is a per-thread setting that must be set where the model runs;
+- with `instances` > 1, more executor threads take batches from the same queue (Triton's
+  instance count): torch releases the GIL inside its kernels, so batches run concurrently.
+
+With several services, a service of lower priority defers each batch while a higher-priority
+one is busy, within its throughput floor and wait bound (priority.py).
 
 At stop, arrivals end, the queue is drained for up to `drain_timeout_s`, and whatever still waits
 is shed with a reason, so every arrived request has exactly one outcome.
@@ -35,6 +40,7 @@ from cotrain.messages import (
     ModelSwapped,
     Ready,
     SetBatching,
+    SetInstances,
     SetThreads,
     SetVariant,
     Stop,
@@ -43,6 +49,7 @@ from cotrain.records import REQUEST_COLUMNS, CsvAppender, fmt_s
 from cotrain.worker import Channel, report_failure, wait_for_start, worker_setup
 from cotrain.workloads.inference.arrivals import arrival_offsets_s
 from cotrain.workloads.inference.batcher import BatchPolicy, BatchQueue, DynamicBatcher
+from cotrain.workloads.inference.priority import PriorityYield
 from cotrain.workloads.inference.requests import Outcome, Request, RequestRecord, execute_batch, shed
 
 Infer = Callable[[Sequence[Request]], Sequence[Any]]
@@ -91,6 +98,9 @@ class InferenceService:
         gate: InterleavingGate | None = None,
         load_model: Callable[[str], Infer] | None = None,
         variants: Mapping[str, Infer] | None = None,
+        gate_slot: int = 0,
+        priority: PriorityYield | None = None,
+        threads: int | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
@@ -103,9 +113,15 @@ class InferenceService:
                 config.queue_capacity,
                 self.clock,
             ),
-            on_busy=gate.set if gate is not None else None,
+            on_busy=gate.slot_setter(gate_slot) if gate is not None else None,
         )
         self.gate = gate
+        self.priority = priority
+        self._swap_lock = threading.Lock()  # (infer, variant, model_version) change together
+        self._threads = threads  # torch intra-op threads per instance; None: leave as set
+        self._instances = config.instances
+        self._instances_applied = config.instances
+        self._instance_threads: dict[int, threading.Thread] = {}
         self.model_version = 0
         self._load_model = load_model
         self._staged: tuple[Infer, int, float] | None = None  # (infer, version, prepare_ms)
@@ -196,6 +212,9 @@ class InferenceService:
             elif isinstance(message, SetThreads):
                 self._pending.put(message)
                 self.queue.wake()
+            elif isinstance(message, SetInstances):
+                self._instances = message.instances
+                self.queue.wake()
             elif isinstance(message, SetVariant):
                 if message.variant in self.variants:
                     with self._staged_lock:
@@ -228,22 +247,49 @@ class InferenceService:
         with self._staged_lock:
             staged, self._staged = self._staged, None
         if staged is not None:  # between batches: no request sees half a model
-            self.infer, self.model_version, prepare_ms = staged
+            with self._swap_lock:
+                self.infer, self.model_version, prepare_ms = staged
             self.channel.send(ModelSwapped(self.model_version, prepare_ms, self.clock.now_ns()))
         with self._staged_lock:
             variant, self._staged_variant = self._staged_variant, None
         if variant is not None and variant != self.variant:
-            self.infer, self.variant = self.variants[variant], variant
+            with self._swap_lock:
+                self.infer, self.variant = self.variants[variant], variant
             self.channel.send(Applied("variant", variant, self.clock.now_ns()))
+        if self._instances != self._instances_applied and not self.stopping.is_set():
+            self._instances_applied = self._instances
+            self._start_instances()
+            self.channel.send(Applied("instances", self._instances_applied, self.clock.now_ns()))
         while True:
             try:
                 message = self._pending.get_nowait()
             except queue.Empty:
                 return
-            import torch
-
-            torch.set_num_threads(message.threads)
+            self._threads = message.threads
+            _set_torch_threads(message.threads)
             self.channel.send(Applied("threads", message.threads, self.clock.now_ns()))
+
+    def _start_instances(self) -> None:
+        """Start executor threads 1..instances-1 that are not running (0 is the main thread)."""
+        for index in range(1, self._instances):
+            thread = self._instance_threads.get(index)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
+                    target=self._instance_loop, args=(index,), name=f"instance-{index}", daemon=True
+                )
+                self._instance_threads[index] = thread
+                thread.start()
+
+    def _instance_loop(self, index: int) -> None:
+        """An extra model instance: take batches from the shared queue until stop or scale-down."""
+        applied: int | None = None
+        while not self.stopping.is_set() and index < self._instances:
+            if self._threads is not None and self._threads != applied:
+                applied = self._threads
+                _set_torch_threads(applied)
+            batch = self.queue.next_batch(0.1)
+            if batch:
+                self._run_batch(batch)
 
     def _admit(self, batch: list[Request]) -> list[Request]:
         """Apply the admission policy at dispatch: shed requests already past `late_ms`."""
@@ -259,12 +305,18 @@ class InferenceService:
 
     def _run_batch(self, batch: list[Request]) -> None:
         try:
+            if self.priority is not None:
+                self.priority.wait_turn(self.stopping)
             batch = self._admit(batch)
             if not batch:
                 return
-            records = execute_batch(batch, self.infer, self.clock, self.variant, self.model_version)
+            with self._swap_lock:
+                infer, variant, version = self.infer, self.variant, self.model_version
+            records = execute_batch(batch, infer, self.clock, variant, version)
         finally:
             self.queue.batch_done()
+        if self.priority is not None:
+            self.priority.served(sum(1 for r in records if r.outcome is Outcome.SERVED))
         first = records[0]
         exec_ms = ((first.end_ns or 0) - (first.start_ns or 0)) / NS_PER_MS
         self._record(records, exec_ms)
@@ -276,6 +328,7 @@ class InferenceService:
         period_ns = round(self.config.stats_period_s * NS_PER_S)
         next_stats_ns = t0_ns + period_ns
         self._window_start_ns = t0_ns
+        self._start_instances()
         while not self.stopping.is_set():
             self._apply_pending()
             wait_s = max(0.0, min(0.1, (next_stats_ns - self.clock.now_ns()) / NS_PER_S))
@@ -288,6 +341,8 @@ class InferenceService:
 
         self._stop_arrivals.set()
         source.join()
+        for thread in self._instance_threads.values():
+            thread.join()  # each finishes the batch it holds; the drain below takes the rest
         self._apply_pending()
         drain_deadline_ns = self.clock.now_ns() + round(self.config.drain_timeout_s * NS_PER_S)
         while self.queue.depth() and self.clock.now_ns() < drain_deadline_ns:
@@ -302,6 +357,12 @@ class InferenceService:
             )
         self._send_stats()
         self.writer.close()
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _sample_pool(config: InferenceConfig, seed: int) -> tuple[list[Any], Iterator[int]]:
@@ -326,11 +387,13 @@ def _sample_pool(config: InferenceConfig, seed: int) -> tuple[list[Any], Iterato
     return pool, indices()
 
 
-def make_infer(model: Any, pool: Sequence[Any]) -> Infer:
+def make_infer(model: Any, pool: Sequence[Any], device: str = "cpu") -> Infer:
     import torch
 
     def infer(batch: Sequence[Request]) -> Sequence[Any]:
         x = torch.stack([pool[r.sample_index] for r in batch])
+        if device != "cpu":
+            x = x.to(device, non_blocking=True)
         with torch.inference_mode():
             predictions: list[Any] = model(x).argmax(dim=1).tolist()
         return predictions
@@ -345,10 +408,22 @@ def inference_process_main(
     threads: int,
     seed: int,
     gate: InterleavingGate | None = None,
+    gate_slot: int = 0,
+    higher_slots: tuple[int, ...] = (),
+    floor_per_s: float = 0.0,
+    nice: int = 0,
 ) -> None:
-    """Entry point of the spawned inference process."""
+    """Entry point of the spawned inference process.
+
+    `gate_slot` is this service's slot of the shared gate; `higher_slots` are the slots of the
+    services that outrank it, and `floor_per_s` its throughput floor (priority.py).
+    """
     channel = Channel(conn)
     try:
+        if nice:
+            from cotrain.workloads.inference.priority import lower_own_cpu_priority
+
+            lower_own_cpu_priority(nice)  # before torch's threads exist, so they all inherit it
         worker_setup(threads)
         import torch
 
@@ -366,18 +441,31 @@ def inference_process_main(
             infer = variants[variant]
         else:
             torch.manual_seed(seed)  # the same initial weights a continual job built with this seed
-            model = build_model(config.model, num_classes).eval()
-            infer = make_infer(model, pool)
+            model = build_model(config.model, num_classes).eval().to(config.device)
+            infer = make_infer(model, pool, config.device)
             with torch.inference_mode():  # warm up allocator and kernels off the clock
                 for size in sorted({1, config.batching.max_batch_size}):
-                    model(torch.stack([pool[i % len(pool)] for i in range(size)]))
+                    model(torch.stack([pool[i % len(pool)] for i in range(size)]).to(config.device))
             variant = f"{config.model.name}/fp32"
 
         def load_model(path: str) -> Infer:
-            fresh = build_model(config.model.model_copy(update={"weights": path}), num_classes).eval()
+            weights = config.model.model_copy(update={"weights": path})
+            fresh = build_model(weights, num_classes).eval().to(config.device)
             with torch.inference_mode():  # warm up off the serving path
-                fresh(torch.stack([pool[i % len(pool)] for i in range(config.batching.max_batch_size)]))
-            return make_infer(fresh, pool)
+                warm = torch.stack([pool[i % len(pool)] for i in range(config.batching.max_batch_size)])
+                fresh(warm.to(config.device))
+            return make_infer(fresh, pool, config.device)
+
+        priority = None
+        if gate is not None and higher_slots:
+            priority = PriorityYield(
+                gate,
+                higher_slots,
+                floor_per_s,
+                max_defer_ms=(config.admission.late_ms or config.slo_ms) / 2,
+                clock=MonotonicClock(),
+                batch_size_hint=config.batching.max_batch_size,
+            )
 
         service = InferenceService(
             config,
@@ -389,6 +477,9 @@ def inference_process_main(
             gate=gate,
             load_model=load_model,
             variants=variants,
+            gate_slot=gate_slot,
+            priority=priority,
+            threads=threads,
         )
         channel.send(Ready(pid=os.getpid(), detail=variant))
         start = wait_for_start(channel)
