@@ -5,16 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cotrain.config import (
+    AdaptiveControllerConfig,
+    AimdControllerConfig,
     ControllerConfig,
     KnobChangesConfig,
     LadderControllerConfig,
+    NaiveControllerConfig,
     ScheduleControllerConfig,
+    SequentialControllerConfig,
     StaticControllerConfig,
 )
 from cotrain.control import Action, InferenceChange, TrainingChange
+from cotrain.controllers.adaptive import AdaptivePolicy
+from cotrain.controllers.aimd import AimdPolicy
 from cotrain.controllers.base import Policy
 from cotrain.controllers.ladder import LadderPolicy
+from cotrain.controllers.naive import NaivePolicy
 from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
+from cotrain.controllers.sequential import SequentialPolicy
 from cotrain.controllers.static import StaticPolicy
 
 
@@ -56,15 +64,39 @@ def _schedule(config: ControllerConfig) -> Policy:
     return SchedulePolicy([ScheduledAction(s.at_s, action_from_config(s.set)) for s in config.steps])
 
 
+def _adaptive(config: ControllerConfig) -> Policy:
+    assert isinstance(config, AdaptiveControllerConfig)
+    return AdaptivePolicy(
+        config.max_profiles, config.profile_windows, config.headroom, config.replan_rate_change
+    )
+
+
 def _ladder(config: ControllerConfig) -> Policy:
     assert isinstance(config, LadderControllerConfig)
     return LadderPolicy(config.headroom, config.up_after_windows)
 
 
+def _naive(config: ControllerConfig) -> Policy:
+    return NaivePolicy()
+
+
+def _sequential(config: ControllerConfig) -> Policy:
+    return SequentialPolicy()
+
+
+def _aimd(config: ControllerConfig) -> Policy:
+    assert isinstance(config, AimdControllerConfig)
+    return AimdPolicy(config.additive_step, config.decrease_factor, config.headroom)
+
+
 _REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig], Policy]]] = {
+    AdaptiveControllerConfig: ("adaptive", _adaptive),
     LadderControllerConfig: ("ladder", _ladder),
     StaticControllerConfig: ("static", _static),
     ScheduleControllerConfig: ("schedule", _schedule),
+    NaiveControllerConfig: ("naive", _naive),
+    SequentialControllerConfig: ("sequential", _sequential),
+    AimdControllerConfig: ("aimd", _aimd),
 }
 
 

@@ -330,6 +330,60 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_sim(args: argparse.Namespace) -> int:
+    """The bench on the simulated Orin: no device is touched, so only the config is checked."""
+    from cotrain.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.scenario, {})
+    except ConfigError as exc:
+        for line in exc.lines:
+            _err(line)
+        return EXIT_BAD_INPUT
+    from cotrain.bench import bench_markdown
+    from cotrain.sim.bench import run_sim_bench
+
+    try:
+        result = run_sim_bench(config, Path(args.out), args.scenario, controllers=args.controllers)
+    except ValueError as exc:  # a scenario the simulator cannot represent (trace arrivals, a model)
+        _err(f"{args.scenario}: --platform sim: {exc}")
+        return EXIT_BAD_INPUT
+    print(bench_markdown(result))
+    print((Path(args.out) / "calibration.txt").read_text(encoding="utf-8"))
+    print(f"written: {Path(args.out) / 'bench.json'}, bench.md, calibration.txt and plots")
+    return EXIT_OK
+
+
+def cmd_bench_scenario(args: argparse.Namespace) -> int:
+    """Every controller and the static oracle on one scenario; see cotrain/bench.py."""
+    if args.platform == "sim":
+        return _bench_sim(args)
+    loaded = _load(args.scenario, {})  # validated and preflighted before any run starts
+    if loaded is None:
+        return EXIT_BAD_INPUT
+    config, platform = loaded
+    platform.restore()
+    from rich.console import Console
+
+    from cotrain.bench import BenchError, bench_markdown, run_bench
+
+    console = Console(stderr=True)
+    try:
+        result = run_bench(
+            config,
+            Path(args.out),
+            args.scenario,
+            controllers=args.controllers,
+            progress=lambda m: console.print(f"bench {m}"),
+        )
+    except BenchError as exc:
+        _err(str(exc))
+        return 1
+    print(bench_markdown(result))
+    print(f"written: {Path(args.out) / 'bench.json'}, bench.md and plots")
+    return EXIT_OK
+
+
 def _add_platform_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=("host", "jetson"), help="default: detected")
     parser.add_argument("--root", default="/", help="filesystem root to read the device from (for fakes)")
@@ -389,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=200.0, help="arrivals per second (spaced, no queueing)"
     )
     overhead.set_defaults(func=cmd_bench_overhead)
+    scenario = bench_sub.add_parser(
+        "scenario", help="every controller and the static oracle on one scenario (`cotrain bench FILE`)"
+    )
+    scenario.add_argument("scenario", help="experiment YAML, optionally with a `bench:` section")
+    scenario.add_argument("--out", required=True, metavar="DIR")
+    scenario.add_argument("--platform", choices=("real", "sim"), default="real", help="sim: simulated Orin")
+    scenario.add_argument(
+        "--controllers", type=lambda s: [c for c in s.split(",") if c], help="comma-separated subset"
+    )
+    scenario.set_defaults(func=cmd_bench_scenario)
 
     telemetry = sub.add_parser("telemetry", help="telemetry tools")
     telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", required=True)
@@ -400,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] not in ("overhead", "scenario", "-h", "--help"):
+        argv.insert(1, "scenario")  # `cotrain bench SCENARIO.yaml ...`
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from cotrain.yaml_source import YamlDocument, load_yaml_document
+from cotrain.yaml_source import DuplicateKeyError, YamlDocument, load_yaml_document
 
 JOB_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 MAX_SEED = 2**32 - 1  # every RNG we seed (numpy, torch, random) takes this range; torch derives from it
@@ -446,8 +446,56 @@ class ScheduleControllerConfig(StrictModel):
     steps: list[ScheduleStepConfig] = Field(min_length=1)
 
 
+class NaiveControllerConfig(StrictModel):
+    """Baseline: both workloads run free. Training ignores the interleaving gate; nothing adapts."""
+
+    name: Literal["naive"]
+    period_s: float = Field(1.0, gt=0, le=3600)
+
+
+class SequentialControllerConfig(StrictModel):
+    """Baseline: training steps aside whenever inference has work (the gate, waited on without limit)."""
+
+    name: Literal["sequential"]
+    period_s: float = Field(1.0, gt=0, le=3600)
+
+
+class AimdControllerConfig(StrictModel):
+    """Baseline: Clipper's AIMD on the inference batch size against the SLO.
+
+    While the window's latency is under `headroom` x SLO the batch size grows by `additive_step`;
+    when over, it is cut to `decrease_factor` of itself (Clipper: 10 % down).
+    """
+
+    name: Literal["aimd"]
+    period_s: float = Field(0.5, gt=0, le=3600)
+    additive_step: int = Field(1, ge=1, le=1024)
+    decrease_factor: float = Field(0.9, gt=0, lt=1)
+    headroom: float = Field(1.0, gt=0, le=1)
+
+
+class AdaptiveControllerConfig(StrictModel):
+    """cotrain's co-scheduler: a model-guided search over the joint knobs with at most
+    `max_profiles` profiled configurations, then a feedback loop that holds the SLO and re-plans
+    when the arrival rate shifts by more than `replan_rate_change` (see controllers/adaptive.py)."""
+
+    name: Literal["adaptive"]
+    period_s: float = Field(1.0, gt=0, le=3600, description="one window: long enough for a p99")
+    max_profiles: int = Field(10, ge=1, le=100)
+    profile_windows: int = Field(2, ge=1, le=100, description="control periods per profiled configuration")
+    headroom: float = Field(0.8, gt=0, le=1, description="plan for p99 <= headroom x SLO")
+    replan_rate_change: float = Field(0.3, gt=0, le=10, description="relative rate shift that re-plans")
+
+
 ControllerConfig = Annotated[
-    StaticControllerConfig | ScheduleControllerConfig | LadderControllerConfig, Field(discriminator="name")
+    StaticControllerConfig
+    | ScheduleControllerConfig
+    | LadderControllerConfig
+    | NaiveControllerConfig
+    | SequentialControllerConfig
+    | AimdControllerConfig
+    | AdaptiveControllerConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -502,6 +550,43 @@ class OutputConfig(StrictModel):
     dir: str | None = Field(None, description="run directory; default runs/<name>-<timestamp>")
 
 
+BenchController = Literal["static", "naive", "sequential", "aimd", "adaptive"]
+GatePolicy = Literal["off", "yield"]
+BENCH_CONTROLLERS: tuple[BenchController, ...] = ("static", "naive", "sequential", "aimd", "adaptive")
+
+
+def _both_gate_policies() -> list[GatePolicy]:
+    return ["off", "yield"]
+
+
+def _every_bench_controller() -> list[BenchController]:
+    return list(BENCH_CONTROLLERS)
+
+
+class OracleGridConfig(StrictModel):
+    """The static configurations `cotrain bench` tries exhaustively for its oracle row."""
+
+    max_batch_size: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1)
+    gate_policy: list[GatePolicy] = Field(default_factory=_both_gate_policies, min_length=1)
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _sizes_in_range(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= b <= 4096 for b in value):
+            raise ValueError("batch sizes must be in 1..4096")
+        return value
+
+
+class BenchConfig(StrictModel):
+    """How `cotrain bench` runs this scenario; ignored by `cotrain run`."""
+
+    controllers: list[BenchController] = Field(default_factory=_every_bench_controller, min_length=1)
+    run_duration_s: float | None = Field(None, gt=0, le=86_400, description="default: duration_s")
+    oracle_run_duration_s: float | None = Field(None, gt=0, le=86_400, description="default: run_duration_s")
+    slo_attainment_target: float = Field(0.99, gt=0, le=1, description="a row meets the SLO at or above this")
+    oracle: OracleGridConfig = OracleGridConfig()
+
+
 class ExperimentConfig(StrictModel):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -510,6 +595,7 @@ class ExperimentConfig(StrictModel):
     controller: ControllerConfig = StaticControllerConfig(name="static")
     workloads: WorkloadsConfig
     output: OutputConfig = OutputConfig()
+    bench: BenchConfig | None = Field(None, description="settings for `cotrain bench`")
 
     @model_validator(mode="after")
     def _variants_are_known(self) -> ExperimentConfig:
@@ -582,6 +668,14 @@ class ExperimentConfig(StrictModel):
         return self
 
 
+def parse_controller(data: Any) -> ControllerConfig:
+    """A controller section on its own (e.g. `{"name": "aimd"}`), with its defaults."""
+    from pydantic import TypeAdapter
+
+    controller: ControllerConfig = TypeAdapter(ControllerConfig).validate_python(data)
+    return controller
+
+
 # --- loading ------------------------------------------------------------------------------------
 
 
@@ -637,6 +731,10 @@ def read_yaml_file(path: Path, what: str = "config") -> YamlDocument:
         raise ConfigError([f"{source}: not valid YAML: {' '.join(str(exc).split())}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: {what} is nested too deeply"]) from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            [f"{source}:{exc.line}: {exc.path}: duplicate key (first at line {exc.first_line})"]
+        ) from None
     except ValueError as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
 

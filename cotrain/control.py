@@ -89,7 +89,13 @@ class TrainingChange:
     gate_max_wait_ms: float | None = None  # applies together with gate_policy
 
     def changes(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The knobs this change sets. The gate's policy and its wait bound are one setting: with
+        `gate_policy` given, a None `gate_max_wait_ms` means "no bound" and is kept, so applying
+        the change clears a previously configured bound (as the worker's SetInterleave does)."""
+        changes = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.gate_policy is not None:
+            changes["gate_max_wait_ms"] = self.gate_max_wait_ms
+        return changes
 
 
 @dataclass(frozen=True)

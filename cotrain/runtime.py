@@ -341,9 +341,9 @@ class Runtime:
                 self.supervisor.send(worker, SetBatchSize(changes["batch_size"]))
             if "duty_cycle" in changes:
                 self.supervisor.send(worker, SetDutyCycle(changes["duty_cycle"]))
-            if "gate_policy" in changes:
-                knobs = after.training[job]
-                self.supervisor.send(worker, SetInterleave(knobs.gate_policy, change.gate_max_wait_ms))
+            if "gate_policy" in changes or "gate_max_wait_ms" in changes:
+                knobs = after.training[job]  # the two travel together: the worker gets both as they are now
+                self.supervisor.send(worker, SetInterleave(knobs.gate_policy, knobs.gate_max_wait_ms))
             if "cpus" in changes:
                 self._place(worker, after.training[job].cpus)
         power_mode = self.knobs.power_mode

@@ -52,6 +52,14 @@ def _child(node: yaml.Node | None, element: str | int) -> yaml.Node | None:
     return None
 
 
+class DuplicateKeyError(ValueError):
+    """A key given twice in one mapping: YAML loaders silently keep the last, which hides mistakes."""
+
+    def __init__(self, line: int, path: str, first_line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {path!r} (first at line {first_line})")
+        self.line, self.path, self.first_line = line, path, first_line
+
+
 def _check_duplicates(node: yaml.Node | None, path: str = "", seen_nodes: set[int] | None = None) -> None:
     """Walk the node graph once: an alias shares its node, and may even point back at a parent."""
     seen_nodes = set() if seen_nodes is None else seen_nodes
@@ -65,9 +73,7 @@ def _check_duplicates(node: yaml.Node | None, path: str = "", seen_nodes: set[in
                 line = key.start_mark.line + 1
                 if key.value in seen:
                     where = f"{path}.{key.value}" if path else key.value
-                    raise ValueError(
-                        f"line {line}: duplicate key {where!r} (first at line {seen[key.value]})"
-                    )
+                    raise DuplicateKeyError(line, where, seen[key.value])
                 seen[key.value] = line
                 _check_duplicates(value, f"{path}.{key.value}" if path else key.value, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):

@@ -48,7 +48,14 @@ def test_continual_demo_deploys_retrained_models_without_failing_a_request(tmp_p
 def test_federated_demo_completes_rounds_with_two_clients_beside_inference(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_cli(
-        "run", str(REPO / "experiments" / "federated-demo.yaml"), "--duration", "50", "--out", str(out)
+        # A round takes about 40 s here (two clients, a superlink and clientapp processes on 2
+        # cores); 75 s leaves room for one on a loaded CI machine.
+        "run",
+        str(REPO / "experiments" / "federated-demo.yaml"),
+        "--duration",
+        "75",
+        "--out",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     summary = check_accounting(out)

@@ -103,7 +103,7 @@ def test_bad_yaml_and_bad_top_level(tmp_path: Path) -> None:
     assert errors_for(tmp_path, "- MAXN\n") == [
         f"{tmp_path / 'power.yaml'}: the top level must be a mapping of keys to values"
     ]
-    assert "duplicate key 'min_dwell_s'" in errors_for(tmp_path, "min_dwell_s: 1\nmin_dwell_s: 2\n")[0]
+    assert "min_dwell_s: duplicate key" in errors_for(tmp_path, "min_dwell_s: 1\nmin_dwell_s: 2\n")[0]
 
 
 def test_missing_file_is_reported(tmp_path: Path) -> None:

@@ -1,0 +1,276 @@
+"""`cotrain bench SCENARIO.yaml --out D`: every controller on the same scenario, side by side.
+
+Each controller runs the scenario as a real `cotrain run` (a fresh process tree, so no run
+inherits warm caches or leftover threads from another), then an exhaustive static oracle tries
+every configuration of the scenario's `bench.oracle` grid and keeps the best one that meets the
+SLO. Rows are computed from each run's own records (summary.json, decisions.jsonl,
+telemetry.csv), so `D/runs/<name>/` holds the evidence behind every figure in `D/bench.json`.
+
+`configs_profiled` counts the distinct knob configurations a controller applied during its run
+(from decisions.jsonl): one for a policy that never changes anything, the number it tried for a
+searching one, and the grid size for the oracle.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cotrain.config import BENCH_CONTROLLERS, BenchConfig, ExperimentConfig, dump_config
+from cotrain.records import read_csv_rows, read_jsonl, write_json_atomic
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    controller: str
+    slo_attainment: float | None
+    latency_ms_p99: float | None
+    training_samples_per_s: float
+    configs_profiled: int
+    meets_slo: bool
+    power_w: float | None
+    run_dir: str
+    detail: str = ""
+
+
+def row_from_run(controller: str, run_dir: Path, target: float, detail: str = "") -> BenchRow:
+    """One bench row, read back from a finished run's records."""
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    inference = summary.get("inference") or {}
+    attainment = inference.get("slo_attainment")
+    decisions = read_jsonl(run_dir / "decisions.jsonl")
+    configs = {json.dumps(d.get("knobs"), sort_keys=True) for d in decisions if d.get("knobs") is not None}
+    powers = [float(r["power_w"]) for r in read_csv_rows(run_dir / "telemetry.csv") if r.get("power_w")]
+    return BenchRow(
+        controller=controller,
+        slo_attainment=attainment,
+        latency_ms_p99=(inference.get("latency_ms") or {}).get("p99"),
+        training_samples_per_s=round(
+            sum(float(t.get("samples_per_s") or 0.0) for t in summary.get("training", {}).values()), 3
+        ),
+        configs_profiled=max(1, len(configs)),
+        meets_slo=attainment is not None and attainment >= target,
+        power_w=round(sum(powers) / len(powers), 3) if powers else None,
+        run_dir=str(run_dir),
+        detail=detail,
+    )
+
+
+def best_static(rows: Sequence[BenchRow]) -> BenchRow | None:
+    """The oracle's pick: the highest training rate among rows meeting the SLO, else the safest."""
+    meeting = [r for r in rows if r.meets_slo]
+    if meeting:
+        return max(meeting, key=lambda r: r.training_samples_per_s)
+    return max(rows, key=lambda r: r.slo_attainment or 0.0) if rows else None
+
+
+def oracle_grid(config: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(label, config as plain data) for every static configuration of the oracle grid."""
+    bench = config.bench or BenchConfig()
+    base = yaml.safe_load(dump_config(config))
+    grid = []
+    for b, gate in product(bench.oracle.max_batch_size, bench.oracle.gate_policy):
+        data = copy.deepcopy(base)
+        data["controller"] = {"name": "static", "period_s": 1.0}
+        data.pop("bench", None)
+        for service in _inference_configs(data):
+            service["batching"]["max_batch_size"] = b
+            service["queue_capacity"] = max(service.get("queue_capacity", b), b)
+        for job in data["workloads"].get("training", []):
+            job["interleave"] = {"policy": gate, "max_wait_ms": None}
+        grid.append((f"b={b}, gate {gate}", data))
+    return grid
+
+
+def _inference_configs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    workloads = data["workloads"]
+    if workloads.get("inference"):
+        return [workloads["inference"]]
+    return list(workloads.get("services") or [])
+
+
+def controller_config(config: ExperimentConfig, controller: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(dump_config(config))
+    data["controller"] = {"name": controller}
+    data.pop("bench", None)
+    return data
+
+
+RunOne = Callable[[dict[str, Any], Path, float], None]
+
+
+def run_with_cli(data: dict[str, Any], out: Path, duration_s: float) -> None:
+    """One real `cotrain run` in its own process tree."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    cmd = [sys.executable, "-m", "cotrain", "run", str(path), "--duration", f"{duration_s:g}"]
+    result = subprocess.run([*cmd, "--out", str(out), "--quiet"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(
+            f"{out.name}: cotrain run exited {result.returncode}: {result.stderr.strip()[-2000:]}"
+        )
+
+
+class BenchError(Exception):
+    pass
+
+
+def run_bench(
+    config: ExperimentConfig,
+    out: Path,
+    scenario: str,
+    *,
+    run_one: RunOne = run_with_cli,
+    controllers: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every controller and the oracle grid; write bench.json, bench.md and the plots."""
+    bench = config.bench or BenchConfig()
+    names = list(controllers or bench.controllers)
+    unknown = sorted(set(names) - set(BENCH_CONTROLLERS))
+    if unknown:
+        raise BenchError(f"unknown controller(s) {', '.join(unknown)}; known: {', '.join(BENCH_CONTROLLERS)}")
+    run_s = bench.run_duration_s or config.duration_s
+    oracle_s = bench.oracle_run_duration_s or run_s
+    grid = oracle_grid(config)
+    total = len(names) + len(grid)
+    rows: list[BenchRow] = []
+    step = 0
+    for name in names:
+        step += 1
+        if progress:
+            progress(f"[{step}/{total}] {name}, {run_s:g} s")
+        run_dir = out / "runs" / name
+        run_one(controller_config(config, name), run_dir, run_s)
+        rows.append(row_from_run(name, run_dir, bench.slo_attainment_target))
+    oracle_rows: list[BenchRow] = []
+    for i, (label, data) in enumerate(grid):
+        step += 1
+        if progress:
+            progress(f"[{step}/{total}] oracle grid: {label}, {oracle_s:g} s")
+        run_dir = out / "runs" / f"oracle-{i:02d}"
+        run_one(data, run_dir, oracle_s)
+        oracle_rows.append(row_from_run(f"static ({label})", run_dir, bench.slo_attainment_target, label))
+    best = best_static(oracle_rows)
+    if best is not None:
+        rows.append(
+            BenchRow(
+                controller="oracle",
+                slo_attainment=best.slo_attainment,
+                latency_ms_p99=best.latency_ms_p99,
+                training_samples_per_s=best.training_samples_per_s,
+                configs_profiled=len(oracle_rows),
+                meets_slo=best.meets_slo,
+                power_w=best.power_w,
+                run_dir=best.run_dir,
+                detail=f"best static: {best.detail}",
+            )
+        )
+    result = {
+        "scenario": scenario,
+        "platform": config.platform.kind,
+        "slo_attainment_target": bench.slo_attainment_target,
+        "run_duration_s": run_s,
+        "rows": [_row_json(r) for r in rows],
+        "oracle_grid": [_row_json(r) for r in oracle_rows],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", result)
+    (out / "bench.md").write_text(bench_markdown(result), encoding="utf-8")
+    plot_bench(result, out)
+    return result
+
+
+def _row_json(row: BenchRow) -> dict[str, Any]:
+    return asdict(row)
+
+
+def bench_markdown(result: dict[str, Any]) -> str:
+    """The bench table, as the README quotes it."""
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"# cotrain bench: {result['scenario']} ({result['platform']})",
+        "",
+        f"Each controller ran {result['run_duration_s']:g} s. A row meets the SLO when its SLO "
+        f"attainment is at least {result['slo_attainment_target']:g}.",
+        "",
+        "| controller | SLO attainment | p99 (ms) | training samples/s | configs profiled | meets SLO "
+        "| power (W) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        name = r["controller"] + (f" ({r['detail']})" if r["controller"] == "oracle" and r["detail"] else "")
+        lines.append(
+            f"| {name} | {fmt(r['slo_attainment'], '.3f')} | {fmt(r['latency_ms_p99'], '.0f')} | "
+            f"{r['training_samples_per_s']:.1f} | {r['configs_profiled']} | "
+            f"{'yes' if r['meets_slo'] else 'no'} | {fmt(r['power_w'], '.1f')} |"
+        )
+    if result.get("oracle_grid"):
+        lines += ["", "Oracle grid (static configurations):", ""]
+        lines += ["| configuration | SLO attainment | p99 (ms) | training samples/s |", "|---|---|---|---|"]
+        for r in result["oracle_grid"]:
+            lines.append(
+                f"| {r['detail']} | {fmt(r['slo_attainment'], '.3f')} | {fmt(r['latency_ms_p99'], '.0f')} "
+                f"| {r['training_samples_per_s']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_bench(result: dict[str, Any], out: Path) -> list[Path]:
+    """Two bar charts: training throughput per controller, and p99 against the SLO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [r["controller"] for r in rows]
+    colours = ["tab:green" if r["meets_slo"] else "tab:red" for r in rows]
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, [r["training_samples_per_s"] for r in rows], color=colours)
+    ax.set_ylabel("training throughput (samples/s)")
+    ax.set_title("training throughput (green: meets the SLO)")
+    fig.tight_layout()
+    paths.append(out / "bench-training.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, [r["latency_ms_p99"] or 0.0 for r in rows], color=colours)
+    slos = {float(result["slo_ms"])} if result.get("slo_ms") else {float(r["slo_ms"]) for r in _slos(result)}
+    for slo in slos:
+        ax.axhline(slo, color="black", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
+    if slos:
+        ax.legend()
+    ax.set_ylabel("inference p99 latency (ms)")
+    ax.set_title("inference p99 per controller")
+    fig.tight_layout()
+    paths.append(out / "bench-p99.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _slos(result: dict[str, Any]) -> list[dict[str, Any]]:
+    slos = []
+    for r in result["rows"]:
+        summary_path = Path(r["run_dir"]) / "summary.json"
+        if summary_path.exists():
+            inference = json.loads(summary_path.read_text(encoding="utf-8")).get("inference") or {}
+            if inference.get("slo_ms") is not None:
+                slos.append({"slo_ms": inference["slo_ms"]})
+    return slos

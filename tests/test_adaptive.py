@@ -1,0 +1,177 @@
+"""The adaptive co-scheduler against a deterministic plant: a device model written in the test.
+
+The plant follows the seed's batch model with a clear optimum, so the test can say what the
+policy should find: e(b) = 5 + 4b ms; a batch of b at rate λ has worst latency (b-1)/λ + e(b),
+inflated 1.6x when training ignores the gate (time-slicing); training runs at 100 samples/s with
+the gate off, and with `yield` loses the fraction of time inference is busy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cotrain.control import (
+    Action,
+    InferenceKnobs,
+    InferenceWindow,
+    Knobs,
+    Observation,
+    TrainingKnobs,
+    TrainingWindow,
+)
+from cotrain.controllers.adaptive import AdaptivePolicy, AdaptiveState, fit_exec_ms, plan, predicted_worst_ms
+from cotrain.controllers.wrappers import Bounded, KnobBounds
+
+SLO_MS = 150.0
+BOUNDS = KnobBounds(
+    max_batch_size=(1, 64),
+    max_queue_delay_ms=(0.0, 1000.0),
+    threads=(1, 2),
+    num_workers=(0, 4),
+    cpus=(0, 1),
+    jobs=frozenset({"cl"}),
+)
+
+
+def exec_ms(b: int) -> float:
+    return 5 + 4 * b
+
+
+def plant(knobs: Knobs, rate: float) -> tuple[float | None, float]:
+    """(p99 ms or None if unstable, training samples/s) for these knobs at this rate."""
+    assert knobs.inference is not None
+    b = knobs.inference.max_batch_size
+    gate = knobs.training["cl"].gate_policy
+    e = exec_ms(b) * (1.6 if gate == "off" else 1.0)
+    if e > b / rate * 1000:
+        return None, 40.0
+    p99 = (b - 1) / rate * 1000 + e
+    busy = rate * exec_ms(b) / b / 1000
+    return p99, 100.0 if gate == "off" else 100.0 * (1 - busy) * 0.9
+
+
+def observe(t: float, knobs: Knobs, rate: float) -> Observation:
+    p99, samples_per_s = plant(knobs, rate)
+    assert knobs.inference is not None
+    b = knobs.inference.max_batch_size
+    slow = p99 is None
+    window = InferenceWindow(
+        arrived=int(rate / 2),
+        served=int(rate / 2),
+        failed=0,
+        shed=0,
+        queue_depth=50 if slow else 0,
+        arrival_rate_per_s=rate,
+        latency_p50_ms=p99 or 5000.0,
+        latency_p95_ms=p99 or 5000.0,
+        latency_p99_ms=p99 or 5000.0,
+        slo_ms=SLO_MS,
+        slo_attainment=0.0 if slow or (p99 or 0) > SLO_MS else 1.0,
+        mean_batch_size=float(b),
+        batch_exec_p50_ms=exec_ms(b),
+        batch_exec_max_ms=exec_ms(b),
+    )
+    training = {"cl": TrainingWindow(10, int(samples_per_s / 2), samples_per_s, 100, 1.0, False)}
+    return Observation(
+        time_s=t,
+        window_s=0.5,
+        knobs=knobs,
+        inference=window,
+        training=training,
+        cpu_util_percent=None,
+        cpu_count=2,
+    )
+
+
+START = Knobs(
+    inference=InferenceKnobs(max_batch_size=4, max_queue_delay_ms=10.0, threads=1, cpus=None),
+    training={"cl": TrainingKnobs(threads=1, cpus=None, num_workers=0, paused=False, gate_policy="yield")},
+)
+
+
+def drive(
+    policy: AdaptivePolicy, rates: list[float]
+) -> tuple[Knobs, AdaptiveState, list[Action], list[tuple[float | None, float]]]:
+    bounded = Bounded(policy, BOUNDS)
+    knobs, state = START, policy.initial_state()
+    actions, seen = [], []
+    for i, rate in enumerate(rates):
+        obs = observe(i * 0.5, knobs, rate)
+        seen.append(plant(knobs, rate))
+        action, state = bounded.decide(obs, state)
+        if not action.is_empty():
+            actions.append(action)
+            knobs = knobs.apply(action)
+    return knobs, state, actions, seen
+
+
+def distinct_configs(actions: list[Action]) -> int:
+    return len({(a.inference, tuple(sorted(a.training.items()))) for a in actions if a.inference})
+
+
+def test_the_model_fits_and_predicts_the_seed_stability_rule() -> None:
+    alpha, beta = fit_exec_ms({2: exec_ms(2), 8: exec_ms(8)})
+    assert (round(alpha, 6), round(beta, 6)) == (5.0, 4.0)
+    assert predicted_worst_ms(8, 20.0, alpha, beta) == 7 / 20 * 1000 + exec_ms(8)
+    assert predicted_worst_ms(1, 500.0, alpha, beta) is None  # e(1) = 9 ms > 2 ms to fill: unstable
+    one = fit_exec_ms({4: 21.0})  # a single point splits into a fixed and a per-item part
+    assert one[0] + 4 * one[1] == 21.0
+
+
+def test_the_plan_keeps_only_feasible_candidates_largest_batches_first() -> None:
+    queue = plan(20.0, SLO_MS, 1.0, {2: exec_ms(2), 8: exec_ms(8)}, 64, False, 10)
+    assert queue, "something fits"
+    for c in queue:
+        worst = predicted_worst_ms(c.max_batch_size, 20.0, 5.0, 4.0)
+        assert worst is not None and worst <= SLO_MS
+    sizes = [c.max_batch_size for c in queue if c.gate_policy == "off"]
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(plan(20.0, SLO_MS, 1.0, {2: 13.0}, 64, False, 2)) == 2  # the budget bounds it
+
+
+def test_it_profiles_at_most_its_budget_then_holds_the_best_that_met_the_slo() -> None:
+    policy = AdaptivePolicy(max_profiles=6, profile_windows=2)
+    knobs, state, actions, _ = drive(policy, [20.0] * 80)
+    assert state.phase == "hold"
+    assert state.profiles_used <= 6 and distinct_configs(actions) <= 6
+    assert actions[-1].reason.startswith("hold: best of")
+    held = state.current
+    assert held is not None
+    p99, samples = plant(knobs, 20.0)
+    assert p99 is not None and p99 <= SLO_MS, "the held configuration meets the SLO"
+    best_measured = max(m.training_samples_per_s for m in state.measured.values() if not m.broke_slo)
+    assert state.measured[held].training_samples_per_s == best_measured
+    assert samples >= plant(START, 20.0)[1], "no worse for training than where it started"
+
+
+def test_a_rate_step_re_plans_and_the_slo_is_held_again() -> None:
+    policy = AdaptivePolicy(max_profiles=6, profile_windows=2, replan_rate_change=0.3)
+    rates = [20.0] * 60 + [60.0] * 60
+    knobs, state, actions, seen = drive(policy, rates)
+    assert any(a.reason.startswith("re-plan: rate 20.0 -> ") for a in actions)
+    assert state.phase == "hold" and state.plan_rate_per_s > 40.0  # the smoothed rate, on its way to 60
+    p99, _ = plant(knobs, 60.0)
+    assert p99 is not None and p99 <= SLO_MS
+    assert all(p is not None and p <= SLO_MS for p, _ in seen[-10:]), "settled within the SLO"
+
+
+def test_two_broken_windows_in_hold_fall_back() -> None:
+    policy = AdaptivePolicy(max_profiles=4, profile_windows=1)
+    knobs, state, _, _ = drive(policy, [20.0] * 40)
+    assert state.phase == "hold"
+    broken = replace(
+        observe(100.0, knobs, 20.0),
+        inference=replace(observe(100.0, knobs, 20.0).inference, latency_p99_ms=400.0),
+    )  # type: ignore[type-var]
+    action, state2 = policy.decide(broken, state)
+    assert action.is_empty() and state2.violations == 1
+    action, state3 = policy.decide(broken, state2)
+    assert "fall back" in action.reason and state3.current is not None
+    assert state3.measured[state.current].broke_slo  # type: ignore[index]
+
+
+def test_stale_windows_are_never_acted_on() -> None:
+    policy = AdaptivePolicy()
+    stale = replace(observe(0.0, START, 20.0), inference_fresh=False)
+    action, state = policy.decide(stale, policy.initial_state())
+    assert action.is_empty() and state == policy.initial_state()

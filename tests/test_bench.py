@@ -1,0 +1,150 @@
+"""`cotrain bench`: rows read back from run records, the oracle's pick, and the files it writes.
+
+The runs themselves are replaced by a fake that writes the records a run would (summary.json,
+decisions.jsonl, telemetry.csv) from a made-up device model, so the bookkeeping is tested in
+milliseconds; a real bench over real processes is `experiments/bench-cpu.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cotrain.bench import BenchError, best_static, oracle_grid, row_from_run, run_bench
+from cotrain.cli import main
+from cotrain.config import parse_config
+from tests.conftest import TINY
+
+
+def scenario(**bench: Any) -> Any:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["bench"] = {"oracle": {"max_batch_size": [2, 4, 8], "gate_policy": ["off", "yield"]}, **bench}
+    return parse_config(data)
+
+
+def fake_device(data: dict[str, Any]) -> tuple[float, float, float]:
+    """(slo_attainment, p99 ms, training samples/s) of a made-up device for one configuration."""
+    b = data["workloads"]["inference"]["batching"]["max_batch_size"]
+    gate = data["workloads"]["training"][0].get("interleave", {}).get("policy", "off")
+    p99 = 60.0 + 20 * b + (80 if gate == "off" else 0)
+    attainment = 1.0 if p99 <= 200 else 0.9
+    return attainment, p99, 50.0 + 5 * b - (12 if gate == "yield" else 0)
+
+
+def fake_run(data: dict[str, Any], out: Path, duration_s: float) -> None:
+    out.mkdir(parents=True)
+    attainment, p99, samples = fake_device(data)
+    summary = {
+        "inference": {"slo_ms": 200.0, "slo_attainment": attainment, "latency_ms": {"p99": p99}},
+        "training": {"cl": {"samples_per_s": samples}},
+    }
+    (out / "summary.json").write_text(json.dumps(summary))
+    knobs = [{"inference": {"max_batch_size": n}} for n in (1, 2, 2, 3)]
+    if data["controller"]["name"] == "static":
+        knobs = knobs[:1]
+    (out / "decisions.jsonl").write_text("".join(json.dumps({"knobs": k}) + "\n" for k in knobs))
+    (out / "telemetry.csv").write_text("t_s,power_w\n0.5,4.0\n1.0,6.0\n1.5,\n")
+
+
+def test_rows_come_from_the_run_records(tmp_path: Path) -> None:
+    data = {"controller": {"name": "aimd"}, "workloads": {"inference": {"batching": {"max_batch_size": 4}}}}
+    data["workloads"]["training"] = [{"interleave": {"policy": "yield"}}]
+    fake_run(data, tmp_path / "r", 1.0)
+    row = row_from_run("aimd", tmp_path / "r", 0.99)
+    assert row.configs_profiled == 3  # four decisions, three distinct knob settings
+    assert row.power_w == 5.0 and row.meets_slo and row.latency_ms_p99 == 140.0
+    assert row.training_samples_per_s == 58.0
+
+
+def test_the_oracle_grid_covers_every_static_configuration() -> None:
+    grid = oracle_grid(scenario())
+    assert len(grid) == 6
+    seen = {
+        (
+            d["workloads"]["inference"]["batching"]["max_batch_size"],
+            d["workloads"]["training"][0]["interleave"]["policy"],
+        )
+        for _, d in grid
+    }
+    assert seen == {(b, g) for b in (2, 4, 8) for g in ("off", "yield")}
+    assert all(d["controller"]["name"] == "static" and "bench" not in d for _, d in grid)
+    for _, d in grid:
+        parse_config(d)  # every grid point is itself a valid experiment
+
+
+def test_a_bench_writes_json_markdown_and_plots_with_an_oracle_row(tmp_path: Path) -> None:
+    result = run_bench(scenario(), tmp_path / "out", "tiny.yaml", run_one=fake_run)
+    rows = {r["controller"]: r for r in result["rows"]}
+    assert list(rows) == ["static", "naive", "sequential", "aimd", "adaptive", "oracle"]
+    keys = {"controller", "slo_attainment", "latency_ms_p99", "training_samples_per_s", "configs_profiled"}
+    assert keys | {"meets_slo", "power_w"} <= set(rows["oracle"])
+    # Meeting the SLO (p99 <= 200 ms): b=2 off (180 ms, 60/s), b=2 and b=4 with yield (100 and
+    # 140 ms, 48/s and 58/s). b=4 off and both b=8 break it, although they train faster.
+    assert rows["oracle"]["detail"] == "best static: b=2, gate off"
+    assert rows["oracle"]["training_samples_per_s"] == 60.0 and rows["oracle"]["configs_profiled"] == 6
+    on_disk = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert "| oracle (best static: b=2, gate off) |" in (tmp_path / "out" / "bench.md").read_text()
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert pngs == ["bench-p99.png", "bench-training.png"]
+    assert all((tmp_path / "out" / p).stat().st_size > 5_000 for p in pngs)
+
+
+def test_best_static_falls_back_to_the_safest_when_nothing_meets_the_slo(tmp_path: Path) -> None:
+    rows = []
+    for i, attainment in enumerate((0.5, 0.8, 0.7)):
+        out = tmp_path / str(i)
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps({"inference": {"slo_attainment": attainment}}))
+        rows.append(row_from_run(str(i), out, 0.99))
+    best = best_static(rows)
+    assert best is not None and best.controller == "1" and not best.meets_slo
+
+
+def test_unknown_controllers_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="unknown controller"):
+        run_bench(scenario(), tmp_path, "x", run_one=fake_run, controllers=["nope"])
+
+
+def test_a_bad_scenario_exits_2_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["bench"] = {"oracle": {"max_batch_size": [0]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["bench", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "bench.oracle.max_batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_oracle(tmp_path: Path) -> None:
+    from cotrain.config import load_config
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "experiments" / "bench-orin-sim.yaml", {"duration_s": 30})
+    data = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
+    data["bench"]["oracle"] = {"max_batch_size": [16, 32], "gate_policy": ["off"]}
+    data["bench"]["run_duration_s"] = 30
+    code = main(["bench", _write(tmp_path, data), "--platform", "sim", "--out", str(tmp_path / "out")])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert result["platform"] == "sim"
+    rows = {r["controller"]: r for r in result["rows"]}
+    assert list(rows) == ["static", "naive", "sequential", "aimd", "adaptive", "oracle"]
+    oracle = rows["oracle"]
+    assert oracle["configs_profiled"] == 2 * 195  # two batch sizes over the oracle's mode set
+    assert oracle["meets_slo"], "some static configuration of the Orin meets a 1 s SLO at 100 img/s"
+    meeting = [r for r in rows.values() if r["meets_slo"] and r["controller"] in ("static", "naive")]
+    assert all(oracle["training_samples_per_s"] >= r["training_samples_per_s"] for r in meeting)
+    assert "held-out time MAPE" in (tmp_path / "out" / "calibration.txt").read_text()
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> str:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
