@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# In CI, property tests replay the same examples every run, so a red build always means a change
+# broke something; run locally, they keep exploring and may find new inputs.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 TINY: dict[str, Any] = {
     "name": "tiny",

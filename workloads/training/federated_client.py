@@ -148,8 +148,10 @@ class FederatedTrainer(Trainer):
         if request.kind == "evaluate":
             loss, accuracy, n = self._evaluate()
             request.result = (loss, {"eval_accuracy": accuracy}, n)
+            # Flower evaluates after fit: this completes the round's row. Written before the reply,
+            # so an acknowledged round is always on disk.
+            self._flush_round(accuracy)
             request.done.set()
-            self._flush_round(accuracy)  # Flower evaluates after fit: this completes the round's row
             return
         self._active = request
 
