@@ -26,7 +26,7 @@ no I/O; everything it knows is in the Observation and its own (immutable) state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -357,9 +357,3 @@ class AdaptivePolicy:
         return self._action(
             obs, best, f"hold: best of {state.profiles_used} profiled: {best.describe()} ({detail})"
         ), state
-
-
-def configs_profiled(decisions: Sequence[Mapping[str, object]]) -> int:
-    """How many distinct knob configurations a run applied, from its decisions.jsonl records."""
-    seen = {repr(d.get("knobs")) for d in decisions if d.get("knobs") is not None}
-    return max(1, len(seen))

@@ -143,6 +143,7 @@ def run_bench(
     run_s = bench.run_duration_s or config.duration_s
     oracle_s = bench.oracle_run_duration_s or run_s
     grid = oracle_grid(config)
+    primary = config.workloads.primary_inference()
     total = len(names) + len(grid)
     rows: list[BenchRow] = []
     step = 0
@@ -180,6 +181,7 @@ def run_bench(
         "scenario": scenario,
         "platform": config.platform.kind,
         "slo_attainment_target": bench.slo_attainment_target,
+        "slo_ms": primary.config.slo_ms if primary is not None else None,
         "run_duration_s": run_s,
         "rows": [_row_json(r) for r in rows],
         "oracle_grid": [_row_json(r) for r in oracle_rows],
@@ -231,46 +233,52 @@ def bench_markdown(result: dict[str, Any]) -> str:
 
 def plot_bench(result: dict[str, Any], out: Path) -> list[Path]:
     """Two bar charts: training throughput per controller, and p99 against the SLO."""
+    rows = result["rows"]
+    training = [r["training_samples_per_s"] for r in rows]
+    p99 = [r["latency_ms_p99"] or 0.0 for r in rows]
+    slo = result.get("slo_ms")
+    return [
+        _bar_chart(
+            rows,
+            training,
+            "training throughput (samples/s)",
+            "training throughput (green: meets the SLO)",
+            out / "bench-training.png",
+        ),
+        _bar_chart(
+            rows,
+            p99,
+            "inference p99 latency (ms)",
+            "inference p99 per controller",
+            out / "bench-p99.png",
+            slo,
+        ),
+    ]
+
+
+def _bar_chart(
+    rows: list[dict[str, Any]],
+    values: list[float],
+    ylabel: str,
+    title: str,
+    path: Path,
+    slo_ms: float | None = None,
+) -> Path:
+    """One bar per row, green where the row meets the SLO, with the SLO as a dashed line if given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    names = [r["controller"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     colours = ["tab:green" if r["meets_slo"] else "tab:red" for r in rows]
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, [r["training_samples_per_s"] for r in rows], color=colours)
-    ax.set_ylabel("training throughput (samples/s)")
-    ax.set_title("training throughput (green: meets the SLO)")
-    fig.tight_layout()
-    paths.append(out / "bench-training.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, [r["latency_ms_p99"] or 0.0 for r in rows], color=colours)
-    slos = {float(result["slo_ms"])} if result.get("slo_ms") else {float(r["slo_ms"]) for r in _slos(result)}
-    for slo in slos:
-        ax.axhline(slo, color="black", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
-    if slos:
+    ax.bar([r["controller"] for r in rows], values, color=colours)
+    if slo_ms is not None:
+        ax.axhline(slo_ms, color="black", linestyle="--", linewidth=1, label=f"SLO {slo_ms:g} ms")
         ax.legend()
-    ax.set_ylabel("inference p99 latency (ms)")
-    ax.set_title("inference p99 per controller")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
-    paths.append(out / "bench-p99.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
-
-
-def _slos(result: dict[str, Any]) -> list[dict[str, Any]]:
-    slos = []
-    for r in result["rows"]:
-        summary_path = Path(r["run_dir"]) / "summary.json"
-        if summary_path.exists():
-            inference = json.loads(summary_path.read_text(encoding="utf-8")).get("inference") or {}
-            if inference.get("slo_ms") is not None:
-                slos.append({"slo_ms": inference["slo_ms"]})
-    return slos
+    return path
