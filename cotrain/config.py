@@ -550,6 +550,19 @@ class OutputConfig(StrictModel):
     dir: str | None = Field(None, description="run directory; default runs/<name>-<timestamp>")
 
 
+class SupervisionConfig(StrictModel):
+    """How a workload process that dies is replaced.
+
+    The n-th restart of a worker waits `backoff_s * 2**(n-1)`, at most `backoff_max_s`, so a
+    process that dies on start-up (a bad model file, an OOM) does not spin. After
+    `max_restarts` restarts of one worker the run stops cleanly and says why.
+    """
+
+    max_restarts: int = Field(3, ge=0, le=100, description="restarts per worker before the run stops")
+    backoff_s: float = Field(0.5, ge=0, le=60)
+    backoff_max_s: float = Field(10.0, ge=0, le=600)
+
+
 BenchController = Literal["static", "naive", "sequential", "aimd", "adaptive"]
 GatePolicy = Literal["off", "yield"]
 BENCH_CONTROLLERS: tuple[BenchController, ...] = ("static", "naive", "sequential", "aimd", "adaptive")
@@ -595,6 +608,7 @@ class ExperimentConfig(StrictModel):
     controller: ControllerConfig = StaticControllerConfig(name="static")
     workloads: WorkloadsConfig
     output: OutputConfig = OutputConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
     bench: BenchConfig | None = Field(None, description="settings for `cotrain bench`")
 
     @model_validator(mode="after")

@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Start:
-    """Begin work; `t0_ns` is the run's time zero on the shared monotonic clock."""
+    """Begin work; `t0_ns` is the run's time zero on the shared monotonic clock.
+
+    A restarted inference process gets `first_request_id`: the requests before it were served or
+    accounted for by the runtime (recovery.py), so the load generator resumes there.
+    """
 
     t0_ns: int
+    first_request_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from cotrain.platform.base import Platform, PowerModeError, by_capability
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
 from cotrain.summary import compute_summary
-from cotrain.supervisor import Supervisor
+from cotrain.supervisor import Supervisor, WorkerHandle, restart_delay_s
 
 INFERENCE = "inference"
 READY_TIMEOUT_S = 600.0
@@ -221,6 +221,15 @@ class Runtime:
         self._wake_r: Connection | None = None
         self._wake_w: Connection | None = None
         self.status = "completed"
+        # supervision: restarts done, restarts due (monotonic ns), respawned workers not yet Ready
+        # (with their spawn time), and per inference worker the death not yet accounted for and
+        # the first request id the next process serves
+        self.restarts: dict[str, int] = {}
+        self._restart_due_ns: dict[str, int] = {}
+        self._starting: dict[str, int] = {}
+        self._down_since_s: dict[str, float] = {}
+        self._next_request_id: dict[str, int] = {}
+        self._last_model: LoadModel | None = None
 
     # --- records -------------------------------------------------------------------------------
 
@@ -292,7 +301,8 @@ class Runtime:
                 path=report.path,
             )
             if INFERENCE in self.supervisor.workers:
-                self.supervisor.send(INFERENCE, LoadModel(report.path, report.version, worker))
+                self._last_model = LoadModel(report.path, report.version, worker)
+                self.supervisor.send(INFERENCE, self._last_model)
         elif isinstance(report, ModelSwapped):
             self.event(
                 "model_swapped",
@@ -658,16 +668,15 @@ class Runtime:
                 return
             if now_ns >= end_ns:
                 return
-            timeout_s = (min(next_tick_ns, end_ns) - now_ns) / NS_PER_S
+            wake_ns = min(next_tick_ns, end_ns, *self._restart_due_ns.values())
+            timeout_s = (wake_ns - now_ns) / NS_PER_S
             for worker, report in self.supervisor.poll(timeout_s, extra=[self._wake_r]):
                 self.on_report(worker, report)
-            dead = self.supervisor.died()
-            if dead:
-                for handle in dead:
-                    self.event("worker_exited", worker=handle.name, exit_code=handle.process.exitcode)
-                names = ", ".join(h.name for h in dead)
-                self.status = "failed"
-                raise RunFailed(f"{names} exited unexpectedly (exit code {dead[0].process.exitcode})")
+                if isinstance(report, Ready) and worker in self._starting:
+                    self._resume(worker)
+            for handle in self.supervisor.died():
+                self._on_death(handle)
+            self._restart_due_workers()
             now_ns = self.clock.now_ns()
             if now_ns >= next_tick_ns:
                 state = self._tick((now_ns - last_tick_ns) / NS_PER_S, state)
@@ -733,6 +742,126 @@ class Runtime:
             raise RunFailed(str(error)) from error
         return summary
 
+    # --- supervision ---------------------------------------------------------------------------
+
+    def _is_inference(self, worker: str) -> bool:
+        return worker == INFERENCE or worker.startswith("inference:")
+
+    def _slot(self, worker: str) -> int:
+        return next(i for i, s in enumerate(self.services) if s.worker == worker)
+
+    def _on_death(self, handle: WorkerHandle) -> None:
+        """Note a worker's death, account for what it held, and schedule its restart (or give up)."""
+        name = handle.name
+        code = handle.process.exitcode
+        self._starting.pop(name, None)
+        self.event(
+            "worker_died",
+            worker=name,
+            pid=handle.pid,
+            exit_code=code,
+            signal=signal.Signals(-code).name if code is not None and code < 0 else None,
+            error=handle.failure.error if handle.failure else None,
+        )
+        self._log(f"[red]{name} (pid {handle.pid}) died, exit code {code}[/red]")
+        if self._is_inference(name):
+            self.gate.set(False, self._slot(name))  # a dead service must not hold training back
+            self._down_since_s.setdefault(name, self._elapsed_s())
+        rules = self.config.supervision
+        done = self.restarts.get(name, 0)
+        if done >= rules.max_restarts:
+            self.status = "failed"
+            raise RunFailed(
+                f"{name} died (exit code {code}) after {done} restart(s); "
+                f"supervision.max_restarts is {rules.max_restarts}"
+            )
+        delay_s = restart_delay_s(done + 1, rules.backoff_s, rules.backoff_max_s)
+        self._restart_due_ns[name] = self.clock.now_ns() + round(delay_s * NS_PER_S)
+        self.event("restart_scheduled", worker=name, attempt=done + 1, in_s=round(delay_s, 3))
+
+    def _restart_due_workers(self) -> None:
+        now_ns = self.clock.now_ns()
+        for name, due_ns in list(self._restart_due_ns.items()):
+            if due_ns > now_ns:
+                continue
+            del self._restart_due_ns[name]
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            handle = self.supervisor.respawn(name)
+            self._starting[name] = now_ns
+            if handle.pid is not None:
+                self.platform.attach(handle.pid)
+            self.event("worker_restarted", worker=name, pid=handle.pid, attempt=self.restarts[name])
+            self._log(f"  {name} restarted (pid {handle.pid}, attempt {self.restarts[name]})")
+        for name, since_ns in list(self._starting.items()):
+            handle = self.supervisor.workers[name]
+            if now_ns - since_ns > READY_TIMEOUT_S * NS_PER_S and handle.process.is_alive():
+                self.event("worker_killed", worker=name, reason=f"not ready after {READY_TIMEOUT_S:.0f} s")
+                handle.process.kill()  # seen as a death on the next pass, and counted as a try
+
+    def _account_down(self, worker: str, until_s: float) -> None:
+        """Failed rows for the requests a dead inference process held or that found it down."""
+        from cotrain.recovery import account_lost_requests
+        from cotrain.workloads.inference.arrivals import arrival_offsets_s
+
+        died_at_s = self._down_since_s.pop(worker, None)
+        if died_at_s is None or self._t0_ns is None:
+            return
+        service = self.services[self._slot(worker)]
+        lost = account_lost_requests(
+            self._requests_csv(worker),
+            arrival_offsets_s(service.config.arrivals),
+            self._t0_ns,
+            self._next_request_id.get(worker, 0),
+            died_at_s,
+            until_s,
+        )
+        self._next_request_id[worker] = lost.next_request_id
+        self.event(
+            "requests_accounted",
+            worker=worker,
+            failed_in_dead_process=lost.died,
+            failed_while_restarting=lost.during_restart,
+            next_request_id=lost.next_request_id,
+        )
+
+    def _resume(self, worker: str) -> None:
+        """A restarted worker is ready: start it where the run is, with the knobs as they are now."""
+        assert self._t0_ns is not None
+        since_ns = self._starting.pop(worker)
+        self.event(
+            "worker_recovered", worker=worker, restart_s=round((self.clock.now_ns() - since_ns) / NS_PER_S, 3)
+        )
+        if self._is_inference(worker):
+            self._account_down(worker, self._elapsed_s())
+            self.supervisor.send(worker, Start(self._t0_ns, self._next_request_id.get(worker, 0)))
+            if worker == self.primary and self.knobs.inference is not None:
+                k = self.knobs.inference
+                if k.variant is not None and self._variants:
+                    self.supervisor.send(worker, SetVariant(k.variant))
+                self.supervisor.send(worker, SetBatching(k.max_batch_size, k.max_queue_delay_ms))
+                self.supervisor.send(worker, SetThreads(k.threads))
+                self.supervisor.send(worker, SetInstances(k.instances))
+                if k.cpus is not None:
+                    self._place(worker, k.cpus)
+            if worker == INFERENCE and self._last_model is not None:
+                self.supervisor.send(worker, self._last_model)  # the latest deployed weights
+            return
+        self.supervisor.send(worker, Start(self._t0_ns))
+        job = worker.removeprefix("train:")
+        t = self.knobs.training.get(job)
+        if t is not None:
+            for message in (
+                SetThreads(t.threads),
+                SetNumWorkers(t.num_workers),
+                SetBatchSize(t.batch_size),
+                SetDutyCycle(t.duty_cycle),
+                SetInterleave(t.gate_policy, t.gate_max_wait_ms),
+                SetPaused(t.paused),
+            ):
+                self.supervisor.send(worker, message)
+            if t.cpus is not None:
+                self._place(worker, t.cpus)
+
     def _apply_initial_placement(self) -> None:
         knobs = self.knobs
         if knobs.inference is not None and knobs.inference.cpus is not None:
@@ -748,6 +877,9 @@ class Runtime:
         """Stop arrivals and training, wait for the drain, record the end of the run window."""
         self._stop_federations()
         if self._t0_ns is not None:
+            stop_s = self._elapsed_s()
+            for worker in list(self._down_since_s):
+                self._account_down(worker, stop_s)  # its arrivals up to the stop found no service
             status = self.status
             if self._stop_reason is not None:
                 self.event("stop_requested", signal=self._stop_reason)

@@ -162,6 +162,7 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
         elif entry["kind"] == "federated":
             entry.update(federated_summary(read_csv_rows(run.path / f"federated-{name}.csv")))
         summary["training"][name] = entry
+    summary["restarts"] = worker_restarts(run)
     server_rounds = read_csv_rows(run.path / "fl" / "rounds.csv")
     if server_rounds:
         last = server_rounds[-1]
@@ -172,6 +173,24 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
             "last_round_accuracy": _float_or_none(last["eval_accuracy"]),
         }
     return summary
+
+
+def worker_restarts(run: RunDir) -> dict[str, int]:
+    """Restarts per worker (`inference`, `inference:<service>`, `train:<job>`), from events.jsonl.
+
+    Every worker of the run is listed, with 0 when it never died, so a script can read
+    `restarts.inference` without guarding against a missing key.
+    """
+    counts: dict[str, int] = {}
+    for record in read_jsonl(run.events):
+        worker = record.get("worker")
+        if not isinstance(worker, str):
+            continue
+        if record.get("event") == "worker_spawned":
+            counts.setdefault(worker, 0)
+        elif record.get("event") == "worker_restarted":
+            counts[worker] = counts.get(worker, 0) + 1
+    return counts
 
 
 def service_summary(run: RunDir, service: dict[str, Any], duration_s: float | None) -> dict[str, Any]:

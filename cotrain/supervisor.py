@@ -44,6 +44,7 @@ class Supervisor:
         self.ctx = mp.get_context("spawn")
         self.workers: dict[str, WorkerHandle] = {}
         self._env = env or {}
+        self._recipes: dict[str, tuple[Callable[..., None], tuple[Any, ...]]] = {}
 
     def spawn(self, name: str, target: Callable[..., None], args: tuple[Any, ...]) -> WorkerHandle:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
@@ -61,8 +62,22 @@ class Supervisor:
         child_conn.close()
         handle = WorkerHandle(name=name, process=process, conn=parent_conn, pid=process.pid)
         self.workers[name] = handle
+        self._recipes[name] = (target, args)
         self.write_processes()
         return handle
+
+    def respawn(self, name: str) -> WorkerHandle:
+        """Start a dead worker again with the arguments it was first started with.
+
+        The old handle's pipe is closed and `processes.json` names the new pid.
+        """
+        old = self.workers[name]
+        if old.process.is_alive():
+            raise RuntimeError(f"{name} is still running (pid {old.pid})")
+        old.conn.close()
+        old.process.join(timeout=0)
+        target, args = self._recipes[name]
+        return self.spawn(name, target, args)
 
     def write_processes(self) -> None:
         write_json_atomic(self.run_dir.processes, {h.name: h.pid for h in self.workers.values()})
@@ -146,3 +161,8 @@ class Supervisor:
 
 def _monotonic() -> float:
     return time.monotonic()
+
+
+def restart_delay_s(attempt: int, backoff_s: float, backoff_max_s: float) -> float:
+    """Back-off before the `attempt`-th restart of one worker (1-based): doubling, capped."""
+    return min(backoff_max_s, backoff_s * 2.0 ** max(0, attempt - 1))

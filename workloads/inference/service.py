@@ -178,10 +178,15 @@ class InferenceService:
 
     # --- threads -------------------------------------------------------------------------------
 
-    def produce(self, t0_ns: int, offsets_s: Iterator[float]) -> None:
-        """Source thread: emit requests at their scheduled arrival times until stopped or exhausted."""
+    def produce(self, t0_ns: int, offsets_s: Iterator[float], first_request_id: int = 0) -> None:
+        """Source thread: emit requests at their scheduled arrival times until stopped or exhausted.
+
+        Ids before `first_request_id` belong to a process that died before this one (recovery.py).
+        """
         try:
             for request_id, offset_s in enumerate(offsets_s):
+                if request_id < first_request_id:
+                    continue
                 at_ns = t0_ns + round(offset_s * NS_PER_S)
                 now_ns = self.clock.now_ns()
                 if at_ns > now_ns and self._stop_arrivals.wait((at_ns - now_ns) / NS_PER_S):
@@ -321,9 +326,11 @@ class InferenceService:
         exec_ms = ((first.end_ns or 0) - (first.start_ns or 0)) / NS_PER_MS
         self._record(records, exec_ms)
 
-    def serve(self, t0_ns: int, offsets_s: Iterator[float]) -> None:
+    def serve(self, t0_ns: int, offsets_s: Iterator[float], first_request_id: int = 0) -> None:
         """Executor loop (main thread) from t0 until Stop, then drain and account for the rest."""
-        source = threading.Thread(target=self.produce, args=(t0_ns, offsets_s), name="source", daemon=True)
+        source = threading.Thread(
+            target=self.produce, args=(t0_ns, offsets_s, first_request_id), name="source", daemon=True
+        )
         source.start()
         period_ns = round(self.config.stats_period_s * NS_PER_S)
         next_stats_ns = t0_ns + period_ns
@@ -489,7 +496,7 @@ def inference_process_main(
             return
         listener = threading.Thread(target=service.listen, name="listener", daemon=True)
         listener.start()
-        service.serve(start.t0_ns, arrival_offsets_s(config.arrivals))
+        service.serve(start.t0_ns, arrival_offsets_s(config.arrivals), start.first_request_id)
         channel.send(Finished())
     except BaseException as exc:
         report_failure(channel, exc)
