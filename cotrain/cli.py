@@ -103,13 +103,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if replaced:
         console.print(f"[yellow]replacing the previous run in {out}[/yellow]")
 
+    dashboard = None
+    if getattr(args, "dashboard", False):
+        from cotrain.dashboard import DashboardThread
+
+        if console.is_terminal:
+            dashboard = DashboardThread(run_dir.path, Console())
+        else:
+            console.print("[yellow]--dashboard needs a terminal; showing progress lines instead[/yellow]")
+
     def log(message: str) -> None:
-        if not args.quiet:
+        if dashboard is not None:
+            dashboard.log(message)  # the dashboard owns the screen while it is up
+        elif not args.quiet:
             console.print(message)
 
     runtime = Runtime(config, run_dir, platform, log=log)
     try:
-        summary = runtime.run()
+        summary = runtime.run() if dashboard is None else dashboard.run_beside(runtime.run)
     except RunFailed as exc:
         _err(f"run failed: {exc} (records kept in {out})")
         return EXIT_RUN_FAILED
@@ -119,6 +130,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     Console().print(summary_table(summary))
     print(f"summary: {run_dir.summary}")
     return EXIT_OK if runtime.status == "completed" else EXIT_RUN_FAILED
+
+
+def _not_a_run(path: str) -> bool:
+    from cotrain.runread import is_run_dir
+
+    if is_run_dir(Path(path)):
+        return False
+    _err(f"{path} is not a cotrain run directory (none of config.yaml, events.jsonl, summary.json)")
+    return True
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The live dashboard of a run directory; see cotrain/dashboard.py."""
+    if _not_a_run(args.run_dir):
+        return EXIT_BAD_INPUT
+    if args.refresh_s <= 0 or (args.replay is not None and args.replay <= 0):
+        _err("--refresh-s and --replay take a positive number")
+        return EXIT_BAD_INPUT
+    from rich.console import Console
+
+    from cotrain.dashboard import Dashboard, render_once, watch
+
+    console = Console()
+    if args.once or not console.is_terminal:  # piped: one frame, as --once
+        render_once(args.run_dir, console)
+        return EXIT_OK
+    watch(Dashboard(args.run_dir), console, refresh_s=args.refresh_s, replay_speed=args.replay)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """report.md and PNG plots from one or more run directories; see cotrain/report.py."""
+    bad = [path for path in args.run_dirs if _not_a_run(path)]
+    if bad:
+        return EXIT_BAD_INPUT
+    from cotrain.report import write_report
+
+    written = write_report([Path(p) for p in args.run_dirs], Path(args.out))
+    print(f"written: {written[0]} and {len(written) - 1} plots in {args.out}")
+    return EXIT_OK
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -407,7 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, metavar="S", help="override duration_s")
     run.add_argument("--out", metavar="DIR", help="run directory (override output.dir)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--dashboard", action="store_true", help="show the live dashboard while it runs")
     run.set_defaults(func=cmd_run)
+
+    watch = sub.add_parser("watch", help="live dashboard of a run directory (running or finished)")
+    watch.add_argument("run_dir")
+    watch.add_argument("--once", action="store_true", help="print one frame and exit")
+    watch.add_argument(
+        "--refresh-s", dest="refresh_s", type=float, default=1.0, metavar="S", help="seconds between frames"
+    )
+    watch.add_argument(
+        "--replay", type=float, metavar="SPEED", help="replay a recorded run from its start at SPEED x"
+    )
+    watch.set_defaults(func=cmd_watch)
+
+    report = sub.add_parser("report", help="report.md and PNG plots from run directories")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", required=True, metavar="DIR")
+    report.set_defaults(func=cmd_report)
 
     validate = sub.add_parser("validate", help="check an experiment YAML without running it")
     validate.add_argument("config")

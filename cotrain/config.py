@@ -282,11 +282,36 @@ class RemoteServerConfig(StrictModel):
     )
     insecure: bool = False
 
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError("give host:port without a scheme (TLS is set by root_certificates)")
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or any(c.isspace() for c in value):
+            raise ValueError("must be host:port, e.g. fl.example.org:9092")
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"port must be a number in 1..65535, got {port!r}")
+        return value
+
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> RemoteServerConfig:
         if not self.insecure and self.root_certificates is None:
             raise ValueError("give root_certificates for TLS, or set insecure: true explicitly")
+        if self.insecure and self.root_certificates is not None:
+            raise ValueError("root_certificates and insecure: true exclude each other")
         return self
+
+
+def _server_kind(value: Any) -> str:
+    """`server` is "local" or a mapping: one clear error per mistake, not one per union member."""
+    return "remote" if isinstance(value, dict | RemoteServerConfig) else "local"
+
+
+ServerConfig = Annotated[
+    Annotated[Literal["local"], Tag("local")] | Annotated[RemoteServerConfig, Tag("remote")],
+    Discriminator(_server_kind),
+]
 
 
 class FederatedConfig(StrictModel):
@@ -296,7 +321,7 @@ class FederatedConfig(StrictModel):
     (a self-contained demo); a `{address, root_certificates}` mapping joins a real fleet.
     """
 
-    server: Literal["local"] | RemoteServerConfig = "local"
+    server: ServerConfig = "local"
     rounds: int = Field(3, ge=1, le=100_000, description="with a local server: FedAvg rounds")
     local_steps: int = Field(20, ge=1, le=1_000_000, description="SGD steps per round on local data")
     round_timeout_s: float = Field(600.0, gt=0, le=86_400)
@@ -561,6 +586,11 @@ class SupervisionConfig(StrictModel):
     max_restarts: int = Field(3, ge=0, le=100, description="restarts per worker before the run stops")
     backoff_s: float = Field(0.5, ge=0, le=60)
     backoff_max_s: float = Field(10.0, ge=0, le=600)
+    standby: bool = Field(
+        False,
+        description="keep a warm, idle copy of each inference process that takes over at once "
+        "when the service dies (costs one more model in memory)",
+    )
 
 
 BenchController = Literal["static", "naive", "sequential", "aimd", "adaptive"]

@@ -7,6 +7,7 @@ Readers skip a torn last line, so a crashed run can still be summarised and repo
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -49,13 +50,18 @@ class CsvAppender:
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         self.columns = tuple(columns)
-        new = not path.exists() or path.stat().st_size == 0
         self._file = path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         self._lock = threading.Lock()
-        if new:
-            self._writer.writerow(self.columns)
-            self._file.flush()
+        # Two processes may open one file at once (a service and its warm standby): the lock
+        # makes "empty, so write the header" atomic, so the header is written exactly once.
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.fstat(self._file.fileno()).st_size == 0:
+                self._writer.writerow(self.columns)
+                self._file.flush()
+        finally:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
     def write_rows(self, rows: Sequence[Sequence[object]]) -> None:
         """Append rows and flush them to the OS in one go (one call per batch or step)."""

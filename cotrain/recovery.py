@@ -55,7 +55,8 @@ def lost_requests(
     died_at_s: float,
     until_s: float,
 ) -> LostRequests:
-    """Failed rows for every scheduled request in [first_id, first id after `until_s`) with no record.
+    """Failed rows for every scheduled request from `first_id` up to `until_s` (and up to the last
+    recorded id) that has no record.
 
     `offsets_s` is the arrival schedule from id 0 (the same iterator the process consumed);
     `died_at_s` and `until_s` are offsets from t0: when the death was seen, and when the
@@ -64,8 +65,9 @@ def lost_requests(
     rows: list[tuple[object, ...]] = []
     died = restarting = 0
     next_id = first_id
+    last_recorded = max(recorded_ids, default=-1)  # a gap below a recorded id is a loss whatever the time
     for request_id, offset_s in enumerate(offsets_s):
-        if offset_s > until_s:
+        if offset_s > until_s and request_id > last_recorded:
             next_id = request_id
             break
         next_id = request_id + 1

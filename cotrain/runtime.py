@@ -56,7 +56,7 @@ from cotrain.observe import build_observation
 from cotrain.platform.base import Platform, PowerModeError, by_capability
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
-from cotrain.summary import compute_summary
+from cotrain.summary import STANDBY, compute_summary
 from cotrain.supervisor import Supervisor, WorkerHandle, restart_delay_s
 
 INFERENCE = "inference"
@@ -230,6 +230,9 @@ class Runtime:
         self._down_since_s: dict[str, float] = {}
         self._next_request_id: dict[str, int] = {}
         self._last_model: LoadModel | None = None
+        self._standby_ready: set[str] = set()  # warm standbys that reported Ready
+        self._last_power_refusal = ""
+        self._stop_s: float | None = None  # when the run window closed (offset from t0)
 
     # --- records -------------------------------------------------------------------------------
 
@@ -365,6 +368,7 @@ class Runtime:
         try:
             info = self.platform.set_power_mode(mode)
         except PowerModeError as exc:
+            self._last_power_refusal = str(exc)
             self.event("power_mode_refused", mode=str(mode), reason=str(exc))
             self._log(f"[yellow]power mode {mode} refused: {exc}[/yellow]")
             return False
@@ -586,21 +590,25 @@ class Runtime:
             requests_csv.parent.mkdir(parents=True, exist_ok=True)
             primary = service.worker == self.primary and self.knobs.inference is not None
             threads = self.knobs.inference.threads if primary and self.knobs.inference else None
-            self.supervisor.spawn(
-                service.worker,
-                inference_process_main,
-                (
-                    service.config,
-                    str(requests_csv),
-                    threads or service.config.threads or share,
-                    config.seed,
-                    self.gate,
-                    slot,
-                    higher_priority_slots(priorities, slot),
-                    getattr(service.config, "min_throughput_per_s", 0.0),
-                    priority_nice(priorities, slot),
-                ),
-            )
+            names = [service.worker]
+            if config.supervision.standby:
+                names.append(service.worker + STANDBY)  # loaded now, idle until the service dies
+            for name in names:
+                self.supervisor.spawn(
+                    name,
+                    inference_process_main,
+                    (
+                        service.config,
+                        str(requests_csv),
+                        threads or service.config.threads or share,
+                        config.seed,
+                        self.gate,
+                        slot,
+                        higher_priority_slots(priorities, slot),
+                        getattr(service.config, "min_throughput_per_s", 0.0),
+                        priority_nice(priorities, slot),
+                    ),
+                )
         federated = [j.name for j in config.workloads.training if j.kind == "federated"]
         for job in config.workloads.training:
             if job.kind == "federated":
@@ -644,6 +652,8 @@ class Runtime:
                 self.on_report(worker, report)
                 if isinstance(report, Ready):
                     pending.discard(worker)
+                    if worker.endswith(STANDBY):
+                        self._standby_ready.add(worker)
                     self._log(f"  {worker} ready (pid {report.pid}, {report.detail})")
                 elif isinstance(report, WorkerFailed):
                     raise RunFailed(f"{worker} failed during start-up: {report.error}")
@@ -672,7 +682,9 @@ class Runtime:
             timeout_s = (wake_ns - now_ns) / NS_PER_S
             for worker, report in self.supervisor.poll(timeout_s, extra=[self._wake_r]):
                 self.on_report(worker, report)
-                if isinstance(report, Ready) and worker in self._starting:
+                if isinstance(report, Ready) and worker.endswith(STANDBY):
+                    self._standby_ready.add(worker)
+                elif isinstance(report, Ready) and worker in self._starting:
                     self._resume(worker)
             for handle in self.supervisor.died():
                 self._on_death(handle)
@@ -710,11 +722,15 @@ class Runtime:
                         if mode is not None and not self._set_power_mode(
                             mode, "initial power mode from config"
                         ):
-                            raise RunFailed(f"could not set the initial power mode {mode!r}")
+                            raise RunFailed(
+                                f"could not set the initial power mode {mode!r}: {self._last_power_refusal}"
+                            )
                         self._t0_ns = self.clock.now_ns()
                         self.event("run_started", duration_s=self.config.duration_s)
                         self._decide_record(0.0, Action(reason="initial knobs from config"))
-                        self.supervisor.broadcast(Start(self._t0_ns))
+                        for name in self.supervisor.workers:
+                            if not name.endswith(STANDBY):
+                                self.supervisor.send(name, Start(self._t0_ns))
                         self._submit_federated_run()
                         self._log(f"running for {self.config.duration_s:g} s -> {run_dir.path}")
                         self._control_loop()
@@ -725,7 +741,10 @@ class Runtime:
                         self.status = "failed"
                         error = exc
                     finally:
-                        self._shutdown()  # a second signal here forces the exit, but not past restore
+                        try:
+                            self._shutdown()
+                        except KeyboardInterrupt:  # a second signal: stop waiting for the drain
+                            self._force_stop()
                 finally:
                     # Still inside the handlers: a signal now is noted, never interrupts the restore.
                     self._restoring = True
@@ -755,6 +774,13 @@ class Runtime:
         name = handle.name
         code = handle.process.exitcode
         self._starting.pop(name, None)
+        if name.endswith(STANDBY):  # a spare that died is simply replaced; it served nothing
+            self._standby_ready.discard(name)
+            self.event("standby_died", worker=name, pid=handle.pid, exit_code=code)
+            self._restart_due_ns[name] = self.clock.now_ns() + round(
+                self.config.supervision.backoff_max_s * NS_PER_S
+            )
+            return
         self.event(
             "worker_died",
             worker=name,
@@ -775,6 +801,16 @@ class Runtime:
                 f"{name} died (exit code {code}) after {done} restart(s); "
                 f"supervision.max_restarts is {rules.max_restarts}"
             )
+        standby = name + STANDBY
+        if standby in self._standby_ready:  # a warm spare takes over now; a new spare loads behind it
+            self._standby_ready.discard(standby)
+            self.restarts[name] = done + 1
+            handle = self.supervisor.promote(standby, name)
+            self._starting[name] = self.clock.now_ns()
+            self.event("worker_restarted", worker=name, pid=handle.pid, attempt=done + 1, from_standby=True)
+            self._resume(name)
+            self._restart_due_ns[standby] = self.clock.now_ns()
+            return
         delay_s = restart_delay_s(done + 1, rules.backoff_s, rules.backoff_max_s)
         self._restart_due_ns[name] = self.clock.now_ns() + round(delay_s * NS_PER_S)
         self.event("restart_scheduled", worker=name, attempt=done + 1, in_s=round(delay_s, 3))
@@ -785,7 +821,14 @@ class Runtime:
             if due_ns > now_ns:
                 continue
             del self._restart_due_ns[name]
+            if name.endswith(STANDBY):
+                handle = self.supervisor.respawn(name)
+                if handle.pid is not None:
+                    self.platform.attach(handle.pid)
+                self.event("standby_spawned", worker=name, pid=handle.pid)
+                continue
             self.restarts[name] = self.restarts.get(name, 0) + 1
+            self._cut_torn_records(name)
             handle = self.supervisor.respawn(name)
             self._starting[name] = now_ns
             if handle.pid is not None:
@@ -797,6 +840,23 @@ class Runtime:
             if now_ns - since_ns > READY_TIMEOUT_S * NS_PER_S and handle.process.is_alive():
                 self.event("worker_killed", worker=name, reason=f"not ready after {READY_TIMEOUT_S:.0f} s")
                 handle.process.kill()  # seen as a death on the next pass, and counted as a try
+
+    def _cut_torn_records(self, worker: str) -> None:
+        """A process killed mid-write may leave half a line; cut it so the replacement's first
+        row does not fuse with it (the inference file is cut when its requests are accounted)."""
+        from cotrain.recovery import cut_torn_tail
+
+        if self._is_inference(worker):
+            return
+        job = worker.removeprefix("train:")
+        for path in (
+            self.run_dir.train_csv(job),
+            self.run_dir.path / f"continual-{job}.csv",
+            self.run_dir.path / f"federated-{job}.csv",
+        ):
+            removed = cut_torn_tail(path)
+            if removed:
+                self.event("torn_record_cut", worker=worker, file=path.name, bytes=removed)
 
     def _account_down(self, worker: str, until_s: float) -> None:
         """Failed rows for the requests a dead inference process held or that found it down."""
@@ -862,6 +922,18 @@ class Runtime:
             if t.cpus is not None:
                 self._place(worker, t.cpus)
 
+    def _force_stop(self) -> None:
+        """Kill what is still running, and account for the requests a killed service held."""
+        self._restoring = True  # from here on signals are noted, never interrupt the restore
+        self.status = "interrupted"
+        stop_s = self._stop_s if self._stop_s is not None else 0.0
+        for worker in self.supervisor.kill_remaining():
+            self.event("worker_killed", worker=worker, reason="forced exit (second signal)")
+            if self._is_inference(worker) and not worker.endswith(STANDBY) and self._t0_ns is not None:
+                self._down_since_s.setdefault(worker, stop_s)
+        for worker in list(self._down_since_s):
+            self._account_down(worker, stop_s)
+
     def _apply_initial_placement(self) -> None:
         knobs = self.knobs
         if knobs.inference is not None and knobs.inference.cpus is not None:
@@ -877,7 +949,7 @@ class Runtime:
         """Stop arrivals and training, wait for the drain, record the end of the run window."""
         self._stop_federations()
         if self._t0_ns is not None:
-            stop_s = self._elapsed_s()
+            stop_s = self._stop_s = self._elapsed_s()
             for worker in list(self._down_since_s):
                 self._account_down(worker, stop_s)  # its arrivals up to the stop found no service
             status = self.status

@@ -175,6 +175,9 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
     return summary
 
 
+STANDBY = "~standby"  # suffix of a warm standby's worker name (runtime.py)
+
+
 def worker_restarts(run: RunDir) -> dict[str, int]:
     """Restarts per worker (`inference`, `inference:<service>`, `train:<job>`), from events.jsonl.
 
@@ -184,7 +187,7 @@ def worker_restarts(run: RunDir) -> dict[str, int]:
     counts: dict[str, int] = {}
     for record in read_jsonl(run.events):
         worker = record.get("worker")
-        if not isinstance(worker, str):
+        if not isinstance(worker, str) or worker.endswith(STANDBY):
             continue
         if record.get("event") == "worker_spawned":
             counts.setdefault(worker, 0)

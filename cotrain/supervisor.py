@@ -71,13 +71,26 @@ class Supervisor:
 
         The old handle's pipe is closed and `processes.json` names the new pid.
         """
-        old = self.workers[name]
-        if old.process.is_alive():
-            raise RuntimeError(f"{name} is still running (pid {old.pid})")
-        old.conn.close()
-        old.process.join(timeout=0)
+        old = self.workers.get(name)
+        if old is not None:
+            if old.process.is_alive():
+                raise RuntimeError(f"{name} is still running (pid {old.pid})")
+            old.conn.close()
+            old.process.join(timeout=0)
         target, args = self._recipes[name]
         return self.spawn(name, target, args)
+
+    def promote(self, standby: str, name: str) -> WorkerHandle:
+        """Let the (ready, idle) worker `standby` take the place of the dead worker `name`."""
+        handle = self.workers.pop(standby)
+        old = self.workers.get(name)
+        if old is not None:
+            old.conn.close()
+            old.process.join(timeout=0)
+        handle.name = name
+        self.workers[name] = handle
+        self.write_processes()
+        return handle
 
     def write_processes(self) -> None:
         write_json_atomic(self.run_dir.processes, {h.name: h.pid for h in self.workers.values()})
@@ -152,6 +165,16 @@ class Supervisor:
                     h.process.join(timeout=3)
                 killed.append(h.name)
             h.process.join(timeout=1)
+        return killed
+
+    def kill_remaining(self) -> list[str]:
+        """SIGKILL every worker still alive, without waiting for a drain (a forced exit)."""
+        killed = []
+        for h in self.workers.values():
+            if h.process.is_alive():
+                h.process.kill()
+                h.process.join(timeout=3)
+                killed.append(h.name)
         return killed
 
     def close(self) -> None:

@@ -8,6 +8,11 @@ behaves like the real tool where it matters:
   stdin; only `YES` "reboots" (recorded in the log). Anything else leaves the mode unchanged.
 The prompt wording follows reports of the real tool; cotrain only relies on it containing
 "reboot" and "YES".
+
+`deny_switch` makes `-m` fail as it does for a user without the right to write the mode's
+sysfs files: the given text (e.g. "Permission denied" or "Operation not permitted", the
+strerror of EACCES and EPERM) on stderr and exit status 1, the mode unchanged; `-q` still
+answers. ASSUMPTION: the exact wording of the real tool's refusal is not in the fixtures.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ CONF = pathlib.Path({conf!r}).read_text(errors="replace")
 STATE = pathlib.Path({state!r})
 LOG = pathlib.Path({log!r})
 PROMPT_ALWAYS = {prompt_always!r}
+DENY_SWITCH = {deny_switch!r}
 modes, current_id = {{}}, None
 for line in CONF.splitlines():
     line = line.split("#", 1)[0]
@@ -42,6 +48,9 @@ if args[:1] == ["-q"]:
     print("NV Power Mode: " + mode["name"])
     print(state["mode"])
     sys.exit(0)
+if args[:1] == ["-m"] and DENY_SWITCH is not None:
+    print("NVPM ERROR: failed to set power mode " + args[1] + ": " + DENY_SWITCH, file=sys.stderr)
+    sys.exit(1)
 if args[:1] == ["-m"] and len(args) > 1:
     target = int(args[1])
     if target not in modes:
@@ -76,7 +85,14 @@ while True:
 
 
 class FakeNvpmodel:
-    def __init__(self, directory: Path, conf: Path, mode_id: int, prompt_always: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        conf: Path,
+        mode_id: int,
+        prompt_always: bool = False,
+        deny_switch: str | None = None,
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "nvpmodel"
         self.state = directory / "nvpmodel-state.json"
@@ -89,6 +105,7 @@ class FakeNvpmodel:
                 state=str(self.state),
                 log=str(self.log),
                 prompt_always=prompt_always,
+                deny_switch=deny_switch,
             )
         )
         self.path.chmod(0o755)

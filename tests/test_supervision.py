@@ -181,3 +181,74 @@ def test_a_worker_that_keeps_dying_stops_the_run_with_its_reason(
     events = [e["event"] for e in read_jsonl(out / "events.jsonl")]
     assert "worker_died" in events and "platform_restored" in events
     assert "worker_restarted" not in events
+
+
+def test_a_gap_below_the_last_recorded_id_is_failed_even_after_the_cutoff() -> None:
+    lost = lost_requests({0, 5}, constant_offsets_s(10.0), T0_NS, 0, died_at_s=0.15, until_s=0.15)
+    assert [row[0] for row in lost.rows] == [1, 2, 3, 4]
+    assert lost.next_request_id == 6
+
+
+@pytest.mark.slow
+def test_a_warm_standby_takes_over_at_once(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    tiny["duration_s"] = 600
+    tiny["supervision"] = {"standby": True}
+    proc, out = _start(tmp_path, tiny)
+    try:
+        _wait_event(proc, out, lambda e: e.get("event") == "run_started", "run start", 180)
+        standby_pid = int(json.loads((out / "processes.json").read_text())["inference~standby"])
+        _kill(out, "inference")
+        _wait_event(
+            proc,
+            out,
+            lambda e: e.get("event") == "standby_spawned",
+            "a new standby",
+            60,
+        )
+        assert int(json.loads((out / "processes.json").read_text())["inference"]) == standby_pid
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    summary = check_accounting(out)
+    assert summary["restarts"] == {"inference": 1, "train:cl": 0}
+    events = list(read_jsonl(out / "events.jsonl"))
+    restarted = next(e for e in events if e.get("event") == "worker_restarted")
+    assert restarted["from_standby"] is True and restarted["pid"] == standby_pid
+    died = next(e for e in events if e.get("event") == "worker_died")
+    recovered = next(e for e in events if e.get("event") == "worker_recovered")
+    # the spare was loaded: taking over is bookkeeping, not a model load (cold restarts take 10 s+)
+    assert recovered["t_s"] - died["t_s"] < 2.0
+
+
+@pytest.mark.slow
+def test_a_second_sigint_forces_the_exit_and_still_accounts_and_restores(
+    tmp_path: Path, tiny: dict[str, Any]
+) -> None:
+    tiny["duration_s"] = 600
+    proc, out = _start(tmp_path, tiny)
+    try:
+        _wait_event(proc, out, lambda e: e.get("event") == "run_started", "run start", 180)
+        children = [int(p) for p in json.loads((out / "processes.json").read_text()).values()]
+        # a stopped training process cannot obey Stop: the first SIGINT alone would wait ~30 s
+        os.kill(int(json.loads((out / "processes.json").read_text())["train:cl"]), signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        _wait_event(proc, out, lambda e: e.get("event") == "run_stopped", "the first stop", 30)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    summary = check_accounting(out)
+    assert summary["run"]["status"] == "interrupted"
+    records = list(read_jsonl(out / "events.jsonl"))
+    assert "platform_restored" in [e["event"] for e in records]
+    killed = [e for e in records if e["event"] == "worker_killed"]
+    assert "train:cl" in [e["worker"] for e in killed]  # the stopped one; inference may still be draining
+    assert all("second signal" in e["reason"] for e in killed)
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -15,8 +15,10 @@ Safety rules, from how nvpmodel and jtop behave on real boards (../shared/ANCHOR
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +43,16 @@ from cotrain.power_modes.nvpmodel import NvpmodelConf, PowerMode, parse_nvpmodel
 
 NVPMODEL_TIMEOUT_S = 30.0
 NV_POWER_MODE = re.compile(r"NV Power Mode:\s*(?P<name>\S+)")
+PERMISSION_FIX = (
+    "changing the power mode needs root: run cotrain with sudo, or install jetson-stats and add "
+    "this user to group jtop (sudo usermod -aG jtop $USER, then log in again) so that "
+    "jtop.service switches modes"
+)
+JTOP_GROUP_FIX = (
+    "this user cannot reach jtop.service's socket: add it to group jtop "
+    "(sudo usermod -aG jtop $USER, then log in again); cotrain needs no root for telemetry"
+)
+_DENIED = ("permission denied", "not permitted", "must be root", "root privilege", "are you root")
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 Warn = Callable[[str], None]
@@ -111,9 +123,11 @@ class JetsonPlatform:
         placer: AffinityPlacer | None = None,
         tegrastats_interval_ms: int = 500,
         monotonic: Callable[[], float] = time.monotonic,
+        euid: Callable[[], int] = os.geteuid,
     ) -> None:
         self.paths = paths
         self._run = run
+        self._euid = euid
         self._warn = warn or (lambda message: None)
         self._monotonic = monotonic
         self.sysfs = JetsonSysfs(paths.root)
@@ -149,7 +163,10 @@ class JetsonPlatform:
                 self._jtop = jtop_factory()
                 return "jtop"
             except Exception as exc:  # ImportError, JtopException (service down, no group), ...
-                reasons.append(f"jtop unavailable ({type(exc).__name__}: {exc})")
+                detail = " ".join(str(exc).split())
+                reasons.append(f"jtop unavailable ({type(exc).__name__}: {detail})")
+                if _jtop_denied(exc):
+                    reasons.append(JTOP_GROUP_FIX)
         else:
             reasons.append("jtop disabled")
         binary = self._which(self.paths.tegrastats)
@@ -269,7 +286,40 @@ class JetsonPlatform:
                 f"nvpmodel {' '.join(args)} did not finish in {NVPMODEL_TIMEOUT_S:g} s"
             ) from None
         except PermissionError as exc:
-            raise PowerModeError(f"not permitted to run nvpmodel: {exc}") from None
+            raise PowerModeError(
+                f"not permitted to run {binary}: {exc.strerror or exc}; {PERMISSION_FIX}"
+            ) from None
+
+    def power_mode_access(self) -> str | None:
+        """Why this process cannot change the power mode, when that is certain without trying;
+        None when it can, or when only trying would tell.
+
+        With jtop.service connected, the service (running as root) switches modes for any member
+        of group jtop. Without it, nvpmodel must run as root: it writes sysfs CPU, clock and
+        power-gating files. A script (such as a wrapper calling `sudo -n nvpmodel`) or a setuid
+        binary may raise its own privileges, so only a plain executable run by a user other than
+        root is certain to be refused. Preflight asks this before anything starts; the
+        runtime's refusal (`power_mode_refused`) covers what cannot be known here.
+        """
+        if self._jtop is not None:
+            return None
+        binary = self._which(self.paths.nvpmodel)
+        if binary is None:
+            return f"no {self.paths.nvpmodel} binary, and jtop.service is not available"
+        if not os.access(binary, os.X_OK):
+            return f"{binary} is not executable by this user; {PERMISSION_FIX}"
+        euid = self._euid()
+        if euid == 0:
+            return None
+        try:
+            info = os.stat(binary)
+            with open(binary, "rb") as handle:
+                script = handle.read(2) == b"#!"
+        except OSError:
+            return None  # executable but unreadable (mode 0711): cannot tell
+        if script or (info.st_mode & stat.S_ISUID and info.st_uid == 0):
+            return None
+        return f"{binary} runs as uid {euid}, not root, and jtop.service is not available; {PERMISSION_FIX}"
 
     def set_power_mode(self, mode: int | str) -> PowerModeInfo:
         if self.conf is None:
@@ -302,7 +352,13 @@ class JetsonPlatform:
 
     def _switch(self, target: PowerMode) -> None:
         if self._jtop is not None:
-            self._jtop.nvpmodel = target.id  # asynchronous in jtop: poll until it takes
+            try:
+                self._jtop.nvpmodel = target.id  # asynchronous in jtop: poll until it takes
+            except Exception as exc:  # JtopException and friends: a refusal, never a crash
+                detail = " ".join(str(exc).split())
+                raise PowerModeError(
+                    f"jtop.service refused to switch to {target.name} ({type(exc).__name__}: {detail})"
+                ) from None
             deadline = self._monotonic() + NVPMODEL_TIMEOUT_S
             while self._query_mode_id() != target.id:
                 if self._monotonic() > deadline:
@@ -321,9 +377,10 @@ class JetsonPlatform:
             )
         if result.returncode != 0 or "NVPM ERROR" in output:
             detail = " ".join(output.split())[:300]
-            if "permission" in output.lower() or result.returncode in (126, 13):
+            if any(d in output.lower() for d in _DENIED) or result.returncode in (126, 13):
                 raise PowerModeError(
-                    f"not permitted to change the power mode (run as root or via sudo): {detail}"
+                    f"not permitted to switch to {target.name} (nvpmodel -m {target.id}: {detail}); "
+                    f"{PERMISSION_FIX}"
                 )
             raise PowerModeError(f"nvpmodel -m {target.id} failed (exit {result.returncode}): {detail}")
         if self._query_mode_id() != target.id:
@@ -454,6 +511,13 @@ class JetsonPlatform:
                 with _suppress_all():
                     self._jtop.close()
                 self._jtop = None
+
+
+def _jtop_denied(exc: BaseException) -> bool:
+    """jtop's client says "I can't access jtop.service" when /run/jtop.sock (root:jtop, 0660)
+    refuses this user, i.e. the user is not in group jtop (jtop/jtop.py)."""
+    text = str(exc).lower()
+    return isinstance(exc, PermissionError) or "can't access jtop.service" in text or "permission" in text
 
 
 class _suppress_all:

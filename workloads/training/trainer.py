@@ -175,6 +175,8 @@ class Trainer:
         message = self.channel.recv(timeout_s)
         while message is not None:
             self.handle(message)
+            if isinstance(message, Stop):
+                break  # a closed pipe reads as Stop on every call: draining it would never end
             message = self.channel.recv(0.0)
 
     # --- loop ----------------------------------------------------------------------------------

@@ -1,0 +1,509 @@
+"""The dashboard's frame, from a recorded run directory (tests/data/recorded-run).
+
+The recorded run is a real 8 s `cotrain run experiments/quickstart.yaml --duration 8`: resnet18
+serving 20 req/s under a 200 ms SLO beside a mobilenet_v3_small training job. Its summary.json
+is the reference the frame's figures are checked against.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+
+from cotrain import cli
+from cotrain.dashboard import (
+    DashboardThread,
+    Frame,
+    build_frame,
+    describe_action,
+    latency_chart,
+    render_frame,
+    render_lines,
+)
+from cotrain.runread import (
+    CsvTail,
+    LineTail,
+    RequestColumns,
+    RequestRow,
+    RunReader,
+    knob_timeline,
+    queue_depths,
+    read_run,
+    request_row,
+)
+
+RECORDED = Path(__file__).parent / "data" / "recorded-run"
+SUMMARY = json.loads((RECORDED / "summary.json").read_text(encoding="utf-8"))
+
+
+def frame_text(frame: Frame, width: int, height: int) -> str:
+    console = Console(width=width, height=height, record=True, color_system=None, file=io.StringIO())
+    console.print(render_frame(frame, width, height))
+    return console.export_text()
+
+
+def copy_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(RECORDED, run)
+    return run
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (120, 40)])
+def test_the_frame_shows_slo_p99_attainment_batch_variant_and_training_rate(width: int, height: int) -> None:
+    frame = build_frame(read_run(RECORDED), chart_bars=width - 8)
+
+    text = frame_text(frame, width, height)
+
+    inference = SUMMARY["inference"]
+    assert "SLO 200 ms" in text
+    assert f"p99 {inference['latency_ms']['p99']:.1f} ms" in text  # the run's p99, as the summary has it
+    assert f"attain {inference['slo_attainment']:.1%}" in text
+    assert "batch ≤8" in text and "delay 25.0 ms" in text
+    assert "resnet18/fp32" in text
+    assert f"(run {SUMMARY['training']['cl']['samples_per_s']:.1f})" in text and "samples/s" in text
+    assert "initial knobs from config" in text  # the controller's decision, with its reason
+    assert "mode 2core" in text
+    lines = text.rstrip("\n").split("\n")
+    assert len(lines) <= height
+    assert max(len(line) for line in lines) <= width
+
+
+def test_frame_figures_agree_with_the_summary() -> None:
+    frame = build_frame(read_run(RECORDED))
+
+    service = frame.services[0]
+    inference = SUMMARY["inference"]
+    assert frame.status == "completed"
+    assert service.total.served == inference["requests"]["served"]
+    assert service.total.p99_ms == pytest.approx(inference["latency_ms"]["p99"], abs=1e-3)
+    assert service.total.attainment == pytest.approx(inference["slo_attainment"], abs=1e-6)
+    assert frame.jobs[0].run_samples_per_s == pytest.approx(
+        SUMMARY["training"]["cl"]["samples_per_s"], abs=0.01
+    )
+    assert frame.jobs[0].steps == SUMMARY["training"]["cl"]["steps"]
+    assert service.queue_max is not None and service.queue_max >= 1
+
+
+def test_a_bigger_screen_gets_a_taller_chart_and_more_events() -> None:
+    frame = build_frame(read_run(RECORDED), chart_bars=72)
+
+    small = render_lines(frame, 80, 24)
+    large = render_lines(frame, 80, 50)
+
+    def chart_rows(lines: list[object]) -> int:
+        return sum(1 for line in lines if "│" in str(line))
+
+    assert len(small) <= 24
+    assert chart_rows(large) > chart_rows(small)
+    assert not any("run_created" in str(line) for line in small)  # the oldest event had no room
+    assert any("run_created" in str(line) for line in large)
+
+
+# Each torn line already has every column, so only the missing newline gives it away.
+TORN = {
+    "requests.csv": "999,11316.100000,11316.120000,11316.200000,80.0,1,resnet18/fp32,0,serv",
+    "train-cl.csv": "38,11316.700000,32,0.2,250.000,6.000,32,0,1,0.000,0.0",
+    "telemetry.csv": "9.002,psu",
+    "decisions.jsonl": '{"t_s":9.0,"policy":"sta',
+    "events.jsonl": '{"event":"worker_fai',
+}
+
+
+def test_a_torn_last_line_in_every_file_renders_as_if_absent(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    for name, partial in TORN.items():
+        with (run / name).open("a", encoding="utf-8", newline="") as f:
+            f.write(partial)  # a writer caught mid-line: no newline yet
+
+    frame = build_frame(read_run(run), chart_bars=72)
+    text = frame_text(frame, 80, 24)
+
+    assert frame.services[0].total.done == SUMMARY["inference"]["requests"]["arrived"]
+    assert frame.jobs[0].steps == SUMMARY["training"]["cl"]["steps"]
+    assert len(frame.decisions) == 1
+    assert "SLO 200 ms" in text
+
+
+def test_a_torn_line_is_read_whole_once_the_writer_finishes_it(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    reader = RunReader(run)
+    before = reader.read()
+    with (run / "requests.csv").open("a", encoding="utf-8", newline="") as f:
+        f.write("999,11316.100000,11316.1")
+    assert len(reader.read().requests["inference"]) == len(before.requests["inference"])
+
+    with (run / "requests.csv").open("a", encoding="utf-8", newline="") as f:
+        f.write("50000,11316.150000,150.000,1,resnet18/fp32,0,served,\r\n")
+    after = reader.read().requests["inference"]
+
+    assert len(after) == len(before.requests["inference"]) + 1
+    assert after[-1].latency_ms == 150.0 and after[-1].end_s == 11316.15
+
+
+@pytest.mark.parametrize("change", ["missing", "empty", "header-only", "garbage"])
+def test_missing_empty_or_garbled_files_never_crash_the_frame(tmp_path: Path, change: str) -> None:
+    run = copy_run(tmp_path)
+    for name in ("requests.csv", "train-cl.csv", "telemetry.csv", "decisions.jsonl", "summary.json"):
+        path = run / name
+        if change == "missing":
+            path.unlink()
+        elif change == "empty":
+            path.write_text("", encoding="utf-8")
+        elif change == "header-only":
+            path.write_text(path.read_text(encoding="utf-8").splitlines()[0][:7], encoding="utf-8")
+        else:
+            path.write_bytes(b"\xff\xfe,,\n{[\n\x00\x00,1,2\n")
+
+    frame = build_frame(read_run(run), chart_bars=72)
+    text = frame_text(frame, 80, 24)
+
+    assert frame.services[0].total.done == 0
+    assert "SLO 200 ms" in text and "none yet" in text
+
+
+def test_a_run_still_loading_its_models(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(RECORDED / "config.yaml", run / "config.yaml")
+    (run / "events.jsonl").write_text(
+        json.dumps({"event": "run_created", "t_mono_s": 100.0, "t_s": None, "pid": 1}) + "\n",
+        encoding="utf-8",
+    )
+
+    frame = build_frame(read_run(run), chart_bars=72)
+    text = frame_text(frame, 80, 24)
+
+    assert frame.status == "loading" and frame.live
+    assert "loading" in text and "run_created" in text
+
+
+def test_a_run_whose_runtime_died_is_marked_stale(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    kept = [e for e in events if e["event"] not in ("run_stopped",)]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+
+    assert build_frame(read_run(run)).status == "running"
+    assert build_frame(read_run(run), runtime_alive=False).status == "stale"
+
+
+def test_a_replay_sees_only_what_was_written_by_then() -> None:
+    records = read_run(RECORDED)
+
+    frame = build_frame(records, now_s=4.0, chart_bars=72)
+
+    assert frame.status == "running" and frame.now_s == 4.0
+    assert 0 < frame.services[0].total.done < SUMMARY["inference"]["requests"]["arrived"]
+    assert all(e.t_s is None or e.t_s <= 4.0 for e in frame.events)
+    assert "run_stopped" not in {e.name for e in frame.events}
+    assert frame.jobs[0].steps < SUMMARY["training"]["cl"]["steps"]
+
+
+def test_decisions_show_the_change_its_reason_and_the_guards_notes(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    first = json.loads((run / "decisions.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    knobs = first["knobs"]
+    knobs["inference"]["max_batch_size"] = 4
+    decision = {
+        "t_s": 5.0,
+        "policy": "aimd",
+        "action": {"inference": {"max_batch_size": 4}, "training": {"cl": {"paused": True}}},
+        "reason": "aimd decrease: p99 250 ms > 200 ms",
+        "notes": ["power mode refused: not permitted"],
+        "knobs": knobs,
+    }
+    with (run / "decisions.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(decision) + "\n")
+
+    text = frame_text(build_frame(read_run(run), chart_bars=100), 140, 30)
+
+    assert "batch=4 cl.paused=True aimd decrease: p99 250 ms > 200 ms" in text
+    assert "[power mode refused: not permitted]" in text
+    assert "batch ≤4" in text  # the policy now in force comes from the last decision
+
+
+def test_failures_swaps_and_publications_are_shown(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    extra = [
+        {"event": "model_published", "t_s": 3.0, "worker": "train:cl", "version": 2, "accuracy": 0.9},
+        {"event": "model_swapped", "t_s": 3.5, "worker": "inference", "version": 2},
+        {"event": "worker_failed", "t_s": 7.9, "worker": "train:cl", "error": "CUDA out of memory"},
+    ]
+    lines = (run / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    stop = next(i for i, line in enumerate(lines) if '"run_stopped"' in line)
+    lines[stop:stop] = [json.dumps(e) for e in extra]
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    frame = build_frame(read_run(run), chart_bars=72)
+    text = frame_text(frame, 100, 50)
+
+    assert frame.services[0].swaps == 1
+    assert "published v2" in text
+    failed = next(e for e in frame.events if e.name == "worker_failed")
+    assert failed.severity == "bad" and "CUDA out of memory" in failed.text
+
+
+def test_several_services_each_get_a_line(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    single = config["workloads"].pop("inference")
+    config["workloads"]["services"] = [
+        {**single, "name": "analytics", "priority": 0, "slo_ms": 500.0},
+        {**single, "name": "camera", "priority": 10, "slo_ms": 100.0},
+    ]
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    for name in ("analytics", "camera"):
+        (run / "services" / name).mkdir(parents=True)
+        shutil.copy(run / "requests.csv", run / "services" / name / "requests.csv")
+
+    frame = build_frame(read_run(run), chart_bars=72)
+    text = frame_text(frame, 80, 24)
+
+    assert [s.name for s in frame.services] == ["camera", "analytics"]  # the controller's first
+    assert "camera (prio 10) · SLO 100 ms" in text
+    assert "analytics (prio 0, SLO 500 ms)" in text
+    assert len(text.rstrip("\n").split("\n")) <= 24
+
+
+def test_bars_over_the_slo_are_red_and_the_slo_row_is_dashed() -> None:
+    service = build_frame(read_run(RECORDED), chart_bars=20).services[0]
+    over = replace(service.chart[0], p99_ms=350.0)  # one bar 1.75 x over the 200 ms SLO
+
+    chart = latency_chart(replace(service, chart=[over, *service.chart[1:]]), 40, 4)
+
+    assert len(chart) == 4  # three bar rows and the attainment strip
+    top, slo_row = chart[0], chart[1]
+    assert top.plain.startswith("   350│█")  # scale 0-350 ms: the bar over the SLO fills the top row
+    assert {str(s.style) for s in top.spans if top.plain[s.start : s.end] == "█"} == {"red"}
+    assert slo_row.plain.startswith("   SLO│") and "┄" in slo_row.plain
+    assert "▀" in chart[3].plain
+
+
+def test_queue_depth_is_rebuilt_from_arrivals_and_batch_starts() -> None:
+    def row(arrival: float, start: float | None) -> RequestRow:
+        return RequestRow(arrival, start, None if start is None else start + 0.05, 1.0, 1, "m", 0, "served")
+
+    rows = [row(0.0, 0.3), row(0.1, 0.3), row(0.2, 0.3), row(0.4, 0.45), row(0.5, None)]
+
+    times, depths = queue_depths(RequestColumns.from_rows(rows), t0_mono_s=0.0)
+
+    assert times.tolist() == [0.0, 0.1, 0.2, 0.4]  # the shed one (never started) never queued
+    assert depths.tolist() == [1, 2, 3, 1]
+
+
+def test_knob_timeline_records_only_changes() -> None:
+    records = read_run(RECORDED)
+    base = records.decisions[0]
+    changed = base.__class__(
+        t_s=2.0,
+        policy="x",
+        action={"inference": {"max_batch_size": 2}},
+        reason="r",
+        notes=(),
+        knobs={**base.knobs, "inference": {**base.knobs["inference"], "max_batch_size": 2}},
+    )
+
+    timeline = knob_timeline([base, changed, changed])
+
+    assert timeline["inference.max_batch_size"] == [(0.0, 8), (2.0, 2)]
+    assert timeline["cl.num_workers"] == [(0.0, 0)]
+
+
+def test_describe_action_is_short() -> None:
+    action = {
+        "inference": {"max_queue_delay_ms": 5.0},
+        "training": {"cl": {"num_workers": 2}},
+        "power_mode": "15W",
+    }
+    assert describe_action(action) == "delay_ms=5 cl.workers=2 mode=15W"
+
+
+def test_a_replaced_file_is_read_again_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "requests.csv"
+    shutil.copy(RECORDED / "requests.csv", path)
+    tail = CsvTail(path, request_row)
+    assert len(tail.read()) == SUMMARY["inference"]["requests"]["arrived"]
+
+    lines = (RECORDED / "requests.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    path.unlink()
+    path.write_text("".join(lines[:3]), encoding="utf-8")  # a new run in the same directory
+
+    assert len(tail.read()) == 2
+
+
+def test_line_tail_waits_for_the_newline(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    tail = LineTail(path)
+    assert tail.read() == (False, "")  # missing
+    path.write_text('{"a": 1}\n{"b"', encoding="utf-8")
+    assert tail.read() == (False, '{"a": 1}\n')
+    with path.open("a", encoding="utf-8") as f:
+        f.write(": 2}\n")
+    assert tail.read() == (False, '{"b": 2}\n')
+
+
+def test_watch_once_prints_one_frame_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["watch", str(RECORDED), "--once"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "SLO 200 ms" in out and "resnet18/fp32" in out
+
+
+def test_watch_refuses_a_directory_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+
+    assert cli.main(["watch", str(tmp_path), "--once"]) == 2
+    assert "is not a cotrain run directory" in capsys.readouterr().err
+    assert cli.main(["watch", str(tmp_path / "nope"), "--once"]) == 2
+    assert cli.main(["watch", str(RECORDED), "--refresh-s", "0"]) == 2
+
+
+def test_the_dashboard_thread_draws_while_the_work_runs_and_stops_after() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
+    shown = DashboardThread(RECORDED, console, refresh_s=0.2)
+    drawn = threading.Event()
+
+    def work() -> int:
+        shown.log("  inference ready (pid 1, resnet18/fp32)")
+        deadline = time.monotonic() + 10.0  # the first frame is drawn as the thread starts
+        while time.monotonic() < deadline and not drawn.is_set():
+            if "SLO 200 ms" in out.getvalue():
+                drawn.set()
+            drawn.wait(0.01)
+        return 42
+
+    assert shown.run_beside(work) == 42
+    assert drawn.is_set()
+    assert not any(t.name == "cotrain-dashboard" for t in threading.enumerate())
+
+
+def test_the_dashboard_thread_stops_when_the_work_raises() -> None:
+    console = Console(file=io.StringIO(), width=80, height=24, force_terminal=True)
+    shown = DashboardThread(RECORDED, console, refresh_s=0.2)
+
+    def work() -> None:
+        raise RuntimeError("run failed")
+
+    with pytest.raises(RuntimeError, match="run failed"):
+        shown.run_beside(work)
+    assert not any(t.name == "cotrain-dashboard" for t in threading.enumerate())
+
+
+TMUX = shutil.which("tmux")
+
+
+def _capture(tmux: list[str], predicate: Callable[[str], bool], deadline_s: float = 30.0) -> str:
+    """Poll the pane until `predicate` holds for what it shows; fail with the last capture."""
+    deadline = time.monotonic() + deadline_s
+    frame = ""
+    while time.monotonic() < deadline:
+        result = subprocess.run([*tmux, "capture-pane", "-p", "-t", "dash"], capture_output=True, text=True)
+        frame = result.stdout
+        if predicate(frame):
+            return frame
+        time.sleep(0.05)  # between polls of a condition with a deadline, not a hopeful wait
+    raise AssertionError(f"the pane never showed the expected frame; last capture:\n{frame}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+def test_watch_follows_a_run_being_written_in_a_real_80x24_terminal(tmp_path: Path) -> None:
+    """`cotrain watch` in a detached 80x24 tmux session, attached before the run starts.
+
+    The run directory is written as a run would write it: first only config.yaml and
+    run_created (models loading), then the start, half the requests and a torn line, then
+    the rest. The pane must follow each step, fit 80x24, and Ctrl-C must end the dashboard.
+    """
+    assert TMUX is not None
+    run = tmp_path / "live"
+    run.mkdir()
+    shutil.copy(RECORDED / "config.yaml", run / "config.yaml")
+    events = (RECORDED / "events.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    created = json.loads(events[0])
+    created["pid"] = os.getpid()  # a live runtime: this test process
+    (run / "events.jsonl").write_text(json.dumps(created) + "\n", encoding="utf-8")
+    started = next(i for i, e in enumerate(events) if '"run_started"' in e)
+    stopped = next(i for i, e in enumerate(events) if '"run_stopped"' in e)
+    requests = (RECORDED / "requests.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    tmux = [TMUX, "-L", f"cotrain-test-{os.getpid()}", "-f", "/dev/null"]
+    env = {**os.environ, "LANG": "C.UTF-8"}
+    command = f"{sys.executable} -m cotrain watch {run} --refresh-s 0.2"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "dash", "-x", "80", "-y", "24", command], check=True, env=env
+    )
+    try:
+        _capture(tmux, lambda f: "loading" in f and "run_created" in f)
+
+        with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(events[1 : started + 1])
+        torn = requests[76]
+        with (run / "requests.csv").open("a", encoding="utf-8", newline="") as f:
+            f.writelines(requests[:76])  # the header and 75 requests
+            f.write(torn[:30])
+        shutil.copy(RECORDED / "train-cl.csv", run / "train-cl.csv")
+        shutil.copy(RECORDED / "telemetry.csv", run / "telemetry.csv")
+        shutil.copy(RECORDED / "decisions.jsonl", run / "decisions.jsonl")
+        running = _capture(tmux, lambda f: "served 75 " in f and "running" in f)
+        assert "SLO 200 ms" in running and "samples/s" in running
+
+        with (run / "requests.csv").open("a", encoding="utf-8", newline="") as f:
+            f.write(torn[30:])
+            f.writelines(requests[77:])
+        with (run / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(events[started + 1 : stopped + 1])
+        done = _capture(tmux, lambda f: "completed" in f and f"served {len(requests) - 1} " in f)
+
+        lines = done.rstrip("\n").split("\n")
+        assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+        subprocess.run([*tmux, "send-keys", "-t", "dash", "C-c"], check=True)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if subprocess.run([*tmux, "has-session", "-t", "dash"], capture_output=True).returncode != 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the dashboard did not exit on Ctrl-C")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_columns_kept_by_the_reader_match_a_fresh_read(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    lines = (run / "requests.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (run / "requests.csv").write_text("".join(lines[:60]), encoding="utf-8")
+    reader = RunReader(run)
+    assert len(reader.read().columns("inference")) == 59
+
+    with (run / "requests.csv").open("a", encoding="utf-8") as f:
+        f.writelines(lines[60:])
+    grown = reader.read().request_columns["inference"]
+    fresh = RequestColumns.from_rows(read_run(run).requests["inference"])
+
+    assert len(grown) == len(lines) - 1
+    assert np.array_equal(grown.latency_ms, fresh.latency_ms, equal_nan=True)
+    assert np.array_equal(grown.done_s, fresh.done_s)
+
+    (run / "requests.csv").unlink()  # a new run in the same directory, as long as the old one
+    (run / "requests.csv").write_text("".join(lines[:1] + lines[:0:-1]), encoding="utf-8")
+    replaced = reader.read().request_columns["inference"]
+    fresh = RequestColumns.from_rows(read_run(run).requests["inference"])
+    assert len(replaced) == len(lines) - 1
+    assert np.array_equal(replaced.latency_ms, fresh.latency_ms, equal_nan=True)  # rebuilt, not kept
