@@ -252,3 +252,38 @@ def test_a_second_sigint_forces_the_exit_and_still_accounts_and_restores(
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_overload_sheds_counts_and_recovers_without_a_death(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    """Far beyond capacity for 8 s: the bounded queue and drop-late shed, and nothing dies; after
+    the load drops, admitted requests meet the SLO again."""
+    tiny["duration_s"] = 22
+    inference = tiny["workloads"]["inference"]
+    inference["arrivals"] = {
+        "process": "schedule",
+        "seed": 2,
+        "steps": [
+            {"at_s": 0, "rate_per_s": 20},
+            {"at_s": 4, "rate_per_s": 2000},
+            {"at_s": 12, "rate_per_s": 20},
+        ],
+    }
+    proc, out = _start(tmp_path, tiny)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    summary = check_accounting(out)
+    req = summary["inference"]["requests"]
+    assert req["shed"] > 0 and req["failed"] == 0
+    events = [e["event"] for e in read_jsonl(out / "events.jsonl")]
+    assert "worker_died" not in events
+    rows = read_csv_rows(out / "requests.csv")
+    t0 = min(float(r["arrival_s"]) for r in rows)
+    overload = [r for r in rows if 4 <= float(r["arrival_s"]) - t0 < 12]
+    assert sum(r["outcome"] == "shed" for r in overload) > len(overload) / 2, (
+        "2000 req/s is far beyond capacity"
+    )
+    after = [r for r in rows if float(r["arrival_s"]) - t0 >= 16 and r["outcome"] == "served"]
+    assert after, "the service kept serving after the overload"
+    within = sum(float(r["latency_ms"]) <= inference["slo_ms"] for r in after)
+    assert within / len(after) >= 0.9
