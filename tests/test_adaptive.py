@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from cotrain.control import (
     Action,
     InferenceKnobs,
@@ -20,6 +22,8 @@ from cotrain.control import (
     TrainingWindow,
 )
 from cotrain.controllers.adaptive import AdaptivePolicy, AdaptiveState, fit_exec_ms, plan, predicted_worst_ms
+from cotrain.controllers.contract import check_policy
+from cotrain.controllers.modesearch import ModeInfo, ModeSample, ModeTable, fit_mode_model
 from cotrain.controllers.wrappers import Bounded, KnobBounds
 
 SLO_MS = 150.0
@@ -175,3 +179,115 @@ def test_stale_windows_are_never_acted_on() -> None:
     stale = replace(observe(0.0, START, 20.0), inference_fresh=False)
     action, state = policy.decide(stale, policy.initial_state())
     assert action.is_empty() and state == policy.initial_state()
+
+
+# --- the power-mode search ------------------------------------------------------------------------
+
+MODES = tuple(
+    ModeInfo(f"g{gpu:g}-c{cpu:g}", 12, cpu, gpu, 3199.0)
+    for gpu in (306.0, 612.0, 918.0, 1300.5)
+    for cpu in (729.6, 1497.6, 2201.6)
+)
+
+
+def test_the_mode_model_recovers_a_linear_time_and_power_law() -> None:
+    table = ModeTable(MODES)
+    truth_time = np.array([0.002, 0.004, 0.0, 0.001])  # s/sample: fixed, GPU, EMC, CPU shares
+    truth_power = np.array([10.0, 25.0, 1.0, 3.0, 0.0])
+    samples = {}
+    for i, m in enumerate(MODES):
+        s = float(table.time_x[i] @ truth_time)
+        p = float(table.power_x[i] @ truth_power)
+        samples[m.name] = ModeSample(seconds=10.0, samples=10.0 / s, steps=100, busy_s=0.0, energy_j=10 * p)
+    model = fit_mode_model(table, samples, MODES[0].name)
+    assert np.allclose(model.solo_s_per_sample(table), table.time_x @ truth_time, rtol=0.02)
+    assert np.allclose(model.power_w(table), table.power_x @ truth_power, rtol=0.02)
+    assert (model.time_theta >= 0).all() and (model.power_theta >= 0).all()
+    top = table.index["g1300.5-c2201.6"]
+    assert table.dominating("g918-c1497.6")[top] and not table.dominating("g1300.5-c2201.6")[0]
+
+
+def mode_obs(
+    t: float, knobs: Knobs, rate: float, power_w: float, budget_w: float | None = None
+) -> Observation:
+    """The test plant's window, on a board with power modes: faster GPU clocks shorten e(b)."""
+    obs = observe(t, knobs, rate)
+    gpu = next(m.gpu_mhz for m in MODES if m.name == knobs.power_mode)
+    assert obs.inference is not None
+    inference = replace(obs.inference, batch_exec_p50_ms=obs.inference.batch_exec_p50_ms * 1300.5 / gpu)  # type: ignore[operator]
+    training = {"cl": replace(obs.training["cl"], steps=40)}
+    return replace(
+        obs,
+        inference=inference,
+        training=training,
+        power_w=power_w,
+        power_budget_w=budget_w,
+        power_mode=knobs.power_mode,
+    )
+
+
+# the model learns with the gate off (training time-sliced beside inference); b=2 meets the SLO
+START_OFF = Knobs(
+    inference=InferenceKnobs(max_batch_size=2, max_queue_delay_ms=10.0, threads=1, cpus=None),
+    training={"cl": TrainingKnobs(threads=1, cpus=None, num_workers=0, paused=False, gate_policy="off")},
+    power_mode="g612-c1497.6",
+)
+
+
+def test_adaptive_with_a_mode_table_keeps_the_contract() -> None:
+    other = replace(START_OFF, power_mode="g1300.5-c2201.6")
+    observations = [mode_obs(t / 2, START_OFF, 20.0, 20.0, 30.0) for t in range(10)]
+    observations += [mode_obs(5 + t / 2, other, 20.0, 32.0, 30.0) for t in range(6)]
+    observations += [mode_obs(9 + t / 2, other, 60.0, 28.0, 30.0) for t in range(6)]
+    bounds = replace(BOUNDS, power_modes=frozenset(m.name for m in MODES))
+    policy = AdaptivePolicy(max_profiles=6, profile_windows=1, modes=MODES)
+    check_policy(policy, observations, bounds)
+    state, modes_asked = policy.initial_state(), set()
+    for obs in observations:
+        action, state = policy.decide(obs, state)
+        modes_asked.add(action.power_mode)
+    assert modes_asked - {None}, "the observations do drive the mode search"
+
+
+def test_it_searches_power_modes_only_when_they_come_with_clocks() -> None:
+    host = replace(START, power_mode="host-2cores")  # a host's emulated mode: no clocks
+    for policy in (AdaptivePolicy(max_profiles=6, profile_windows=1), AdaptivePolicy(6, 1, modes=MODES)):
+        state = policy.initial_state()
+        for i in range(40):
+            action, state = policy.decide(mode_obs_host(i / 2, host), state)
+            assert action.power_mode is None
+    assert state.phase == "hold"
+
+
+def mode_obs_host(t: float, knobs: Knobs) -> Observation:
+    return replace(observe(t, knobs, 20.0), power_mode=knobs.power_mode)
+
+
+def test_it_moves_to_the_mode_the_model_picks_and_waits_out_a_held_back_switch() -> None:
+    policy = AdaptivePolicy(max_profiles=8, profile_windows=1, modes=MODES)
+    knobs = START_OFF
+    state = policy.initial_state()
+    action = Action()
+    for i in range(6):
+        action, state = policy.decide(mode_obs(i / 2, knobs, 20.0, 20.0), state)
+        if action.power_mode is not None:
+            break
+    assert action.power_mode == "g1300.5-c2201.6", "no budget: the fastest mode dominates"
+    assert action.reason.startswith("profile 2/8:") and "model:" in action.reason
+    # the guard held the switch back (dwell time): the policy measures nothing and asks again
+    again, state = policy.decide(mode_obs(3.0, knobs, 20.0, 20.0), state)
+    assert again.power_mode == "g1300.5-c2201.6" and "waiting for power mode" in again.reason
+    assert state.windows_here == 0 and state.mode_wait == 1
+
+
+def test_a_rate_jump_re_plans_within_two_windows() -> None:
+    policy = AdaptivePolicy(max_profiles=6, profile_windows=2, replan_rate_change=0.3)
+    rates = [20.0] * 60 + [40.0] * 4
+    bounded = Bounded(policy, BOUNDS)
+    knobs, state = START, policy.initial_state()
+    reasons = []
+    for i, rate in enumerate(rates):
+        action, state = bounded.decide(replace(observe(i * 0.5, knobs, rate)), state)
+        knobs = knobs.apply(action)
+        reasons.append(action.reason)
+    assert reasons[-3].startswith("re-plan: rate 20.0 -> 40.0"), reasons[-4:]

@@ -122,10 +122,17 @@ def test_a_bad_scenario_exits_2_before_anything_runs(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_oracle(tmp_path: Path) -> None:
+def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_oracle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cotrain.config import load_config
+    from cotrain.sim import bench as sim_bench
     from tests.conftest import REPO
 
+    # a thinner oracle (a quarter of its coarse modes, one local search) keeps the test quick
+    coarse = sim_bench.oracle_modes
+    monkeypatch.setattr(sim_bench, "oracle_modes", lambda space: coarse(space)[::4])
+    monkeypatch.setattr(sim_bench, "ORACLE_REFINE", 1)
     config = load_config(REPO / "experiments" / "bench-orin-sim.yaml", {"duration_s": 30})
     data = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
     data["bench"]["oracle"] = {"max_batch_size": [16, 32], "gate_policy": ["off"]}
@@ -135,13 +142,28 @@ def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_or
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert result["platform"] == "sim"
     rows = {r["controller"]: r for r in result["rows"]}
-    assert list(rows) == ["static", "naive", "sequential", "aimd", "adaptive", "oracle"]
+    assert list(rows) == [
+        "static",
+        "naive",
+        "sequential",
+        "aimd",
+        "adaptive",
+        "gradient-search",
+        "random-search",
+        "oracle",
+    ]
+    keys = {"controller", "slo_attainment", "latency_ms_p99", "training_samples_per_s", "configs_profiled"}
+    assert all(keys | {"meets_slo", "power_w"} <= set(r) for r in rows.values())
     oracle = rows["oracle"]
-    assert oracle["configs_profiled"] == 2 * 195  # two batch sizes over the oracle's mode set
+    # two batch sizes over the oracle's 89 coarse modes, then a local search over the full mode space
+    assert oracle["configs_profiled"] > 2 * 89
     assert oracle["meets_slo"], "some static configuration of the Orin meets a 1 s SLO at 100 img/s"
     meeting = [r for r in rows.values() if r["meets_slo"] and r["controller"] in ("static", "naive")]
     assert all(oracle["training_samples_per_s"] >= r["training_samples_per_s"] for r in meeting)
+    assert rows["gradient-search"]["configs_profiled"] == rows["random-search"]["configs_profiled"] == 15
+    assert rows["adaptive"]["configs_profiled"] <= 10
     assert "held-out time MAPE" in (tmp_path / "out" / "calibration.txt").read_text()
+    assert "simulator's optimum" in (tmp_path / "out" / "bench.md").read_text()
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> str:

@@ -11,5 +11,11 @@ without a GPU. The modules, each with one job:
 - `scenario`: what to simulate (`SimScenario`), and mapping an experiment config onto it;
 - `engine`: the discrete-event engine (arrivals, dynamic batcher, GPU time-slicing, the gate);
 - `runner`: a real controller (`Policy`) driven in simulated time, and `sim_static`;
+- `policies`: the registered controllers as the simulated board builds them (`adaptive` gets
+  the board's mode table, with clocks, as a Jetson would give it);
+- `search`: model-free searches over static configurations (gradient-style, random) and the
+  oracle's local refinement over the full mode space;
+- `bench`: `cotrain bench --platform sim` (controllers, the two searches, the oracle);
+- `ratestep`: a step in the arrival rate, and how fast a controller re-converges;
 - `ccgrid23`: the check that the simulator reproduces seed CCGrid'23's findings.
 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from cotrain.sim.engine import (
     SERVED,
     SHED,
     Engine,
+    FloatArray,
     InferenceSetup,
     TrainingSetup,
     WindowStats,
@@ -88,6 +89,9 @@ class SimResult:
     trace: tuple[TraceRow, ...]
     configs: tuple[Knobs, ...]  # distinct knob settings applied, in order of first use
     wall_s: float
+    # per request, in arrival order: when it arrived and its latency (NaN: shed, never served)
+    arrivals_s: FloatArray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    latencies_ms: FloatArray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
 
     @property
     def configs_profiled(self) -> int:
@@ -285,6 +289,8 @@ def _result(
         trace=tuple(trace),
         configs=tuple(configs),
         wall_s=time.perf_counter() - started,
+        arrivals_s=engine.arrivals.copy(),
+        latencies_ms=np.where(served_mask, (engine.done_s - engine.arrivals) * 1000.0, np.nan),
     )
 
 
