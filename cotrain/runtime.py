@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -24,9 +24,11 @@ from types import FrameType
 from typing import Any
 
 from cotrain.clock import NS_PER_S, Clock, MonotonicClock
-from cotrain.config import ExperimentConfig, FederatedConfig, dump_config
+from cotrain.config import AdaptiveControllerConfig, ExperimentConfig, FederatedConfig, dump_config
 from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs, VariantInfo
+from cotrain.controllers.adaptive import AdaptivePolicy
 from cotrain.controllers.base import Policy
+from cotrain.controllers.modesearch import ModeInfo
 from cotrain.controllers.registry import build_policy
 from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, PowerModeRules
 from cotrain.gate import InterleavingGate
@@ -53,7 +55,7 @@ from cotrain.messages import (
     WorkerFailed,
 )
 from cotrain.observe import build_observation
-from cotrain.platform.base import Platform, PowerModeError, by_capability
+from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, by_capability
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
 from cotrain.summary import STANDBY, compute_summary
@@ -142,6 +144,26 @@ def knob_bounds(
     )
 
 
+def adaptive_mode_table(modes: Sequence[PowerModeInfo], rules: PowerModeRules) -> tuple[ModeInfo, ...]:
+    """The modes `adaptive` may search, with their clocks, as the platform reports them.
+
+    Empty unless every candidate has CPU, GPU and EMC clocks (a host's emulated modes have
+    none). Modes the guard would refuse (a reboot, outside the policy's allowed list) are left
+    out, so the search never plans around a mode it cannot have; they share the current GPU
+    gating, so `gpu_tpcs` is the same for all.
+    """
+    table = []
+    for m in modes:
+        if m.name in rules.needs_reboot and not rules.allow_reboot_modes:
+            continue
+        if rules.allowed is not None and m.name not in rules.allowed:
+            continue
+        if m.cpu_mhz is None or m.gpu_mhz is None or m.emc_mhz is None:
+            return ()
+        table.append(ModeInfo(m.name, m.online_cores, m.cpu_mhz, m.gpu_mhz, m.emc_mhz))
+    return tuple(table)
+
+
 def power_rules_for(config: ExperimentConfig, platform: Platform) -> PowerModeRules:
     """The power-mode guard's rules: the platform's modes, narrowed by the policy file if any."""
     modes = platform.power_modes()
@@ -190,8 +212,17 @@ class Runtime:
         )
         self.power_rules = power_rules or power_rules_for(config, platform)
         mode_names = frozenset(m.name for m in modes) if modes else None
+        base = policy or build_policy(config.controller)
+        if policy is None and isinstance(base, AdaptivePolicy):
+            table = adaptive_mode_table(modes, self.power_rules)
+            if table:  # a platform that reports clocks: adaptive searches its power modes too
+                c = config.controller
+                assert isinstance(c, AdaptiveControllerConfig)
+                base = AdaptivePolicy(
+                    c.max_profiles, c.profile_windows, c.headroom, c.replan_rate_change, modes=table
+                )
         self.policy = PowerModeGuard(
-            Bounded(policy or build_policy(config.controller), knob_bounds(config, self.cpus, mode_names)),
+            Bounded(base, knob_bounds(config, self.cpus, mode_names)),
             self.power_rules,
         )
         self._last_sample: Any = None

@@ -260,3 +260,46 @@ def test_clusters_fall_back_to_the_conf_when_sysfs_has_no_topology(tmp_path: Pat
     assert all(len(c) == 1 for c in platform.sysfs.clusters()), "sysfs alone finds no grouping"
     assert platform.clusters() == ((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11))
     platform.restore()
+
+
+def test_modes_carry_their_clocks_and_uncapped_clocks_read_as_the_highest_cap(tmp_path: Path) -> None:
+    from cotrain.power_modes.nvpmodel import parse_nvpmodel
+
+    conf = {m.name: m for m in parse_nvpmodel(AGX_CONF.read_text()).modes}
+    modes = {m.name: m for m in Device(tmp_path).platform().power_modes()}
+    fifty = conf["MODE_50W"]
+    assert modes["MODE_50W"].cpu_mhz == max(v for v in fifty.cpu_max_mhz.values() if v is not None)
+    assert modes["MODE_50W"].gpu_mhz == fifty.gpu_max_mhz
+    highest_gpu = max(m.gpu_max_mhz for m in conf.values() if m.gpu_max_mhz is not None)
+    assert conf["MAXN"].gpu_max_mhz is None and modes["MAXN"].gpu_mhz == highest_gpu
+    assert all(m.cpu_mhz and m.gpu_mhz and m.emc_mhz for m in modes.values())
+
+
+def test_adaptive_gets_the_switchable_modes_of_a_jetson_and_none_of_a_host(tmp_path: Path) -> None:
+    import yaml
+
+    from cotrain.config import parse_config
+    from cotrain.controllers.adaptive import AdaptivePolicy
+    from cotrain.platform.host import HostPlatform
+    from cotrain.rundir import RunDir
+    from cotrain.runtime import Runtime, adaptive_mode_table, power_rules_for
+    from tests.conftest import TINY
+
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["controller"] = {"name": "adaptive"}
+    data["platform"] = {"kind": "jetson"}
+    config = parse_config(data)
+    platform = Device(tmp_path, mode_id=MAXN).platform()
+    rules = power_rules_for(config, platform)
+    table = adaptive_mode_table(platform.power_modes(), rules)
+    assert [m.name for m in table] == ["MAXN", "MODE_50W"], "15W and 30W need a reboot from MAXN"
+    runtime = Runtime(config, RunDir(tmp_path / "run"), platform)
+    inner = runtime.policy.policy.policy  # PowerModeGuard(Bounded(adaptive))
+    assert isinstance(inner, AdaptivePolicy) and set(inner.table.index) == {"MAXN", "MODE_50W"}
+    platform.restore()
+
+    host_data = yaml.safe_load(yaml.safe_dump(TINY))
+    host_data["controller"] = {"name": "adaptive"}
+    host_config = parse_config(host_data)
+    host = HostPlatform()
+    assert adaptive_mode_table(host.power_modes(), power_rules_for(host_config, host)) == ()

@@ -38,6 +38,11 @@ class PowerModeInfo:
     needs_reboot: bool = False  # from the current mode: never chosen unless a policy allows it
     detail: str = ""
     rank: float = 0.0  # higher = more capable; orders modes for "never step up over budget"
+    # The clocks the mode allows, in MHz (the highest CPU cluster cap for the CPU), for a
+    # controller that models speed and power over clocks; None where the platform cannot say.
+    cpu_mhz: float | None = None
+    gpu_mhz: float | None = None
+    emc_mhz: float | None = None
 
 
 def by_capability(modes: tuple[PowerModeInfo, ...]) -> tuple[str, ...]:

@@ -58,6 +58,16 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 Warn = Callable[[str], None]
 
 
+def highest_caps_mhz(modes: Sequence[PowerMode]) -> tuple[float, float, float]:
+    """The highest CPU, GPU and EMC cap any mode of the file sets: what an uncapped clock is
+    taken to run at. The file does not say the hardware maximum (MAXN's real clocks are higher),
+    so this is a lower bound; a clock no mode caps is 1.0 everywhere, i.e. it does not vary."""
+    cpu = [v for m in modes for v in m.cpu_max_mhz.values() if v is not None]
+    gpu = [m.gpu_max_mhz for m in modes if m.gpu_max_mhz is not None]
+    emc = [m.emc_max_mhz for m in modes if m.emc_max_mhz is not None]
+    return (max(cpu, default=1.0), max(gpu, default=1.0), max(emc, default=1.0))
+
+
 def capability(mode: PowerMode) -> float:
     """A rank for "more capable": MAXN first, then the budget in the mode's name (MODE_15W, 10W,
     MODE_28_1_W), else online cores × the highest CPU cap. NVIDIA names modes by power budget,
@@ -224,18 +234,35 @@ class JetsonPlatform:
 
     # --- power modes ---------------------------------------------------------------------------
 
-    def _mode_info(self, mode: PowerMode, current: PowerMode | None) -> PowerModeInfo:
+    def _mode_info(
+        self, mode: PowerMode, current: PowerMode | None, top: tuple[float, float, float] | None = None
+    ) -> PowerModeInfo:
+        if top is None:
+            top = highest_caps_mhz(self.conf.modes if self.conf is not None else (mode,))
         reboot = current is not None and mode.needs_reboot_from(current)
         caps = ", ".join(f"{k} {'max' if v is None else f'{v:g} MHz'}" for k, v in mode.cpu_max_mhz.items())
         gpu = "GPU max" if mode.gpu_max_mhz is None else f"GPU {mode.gpu_max_mhz:g} MHz"
         detail = f"{mode.online_cores} cores, {caps}, {gpu}"
-        return PowerModeInfo(mode.id, mode.name, mode.online_cores, reboot, detail, rank=capability(mode))
+        cpu_caps = [v for v in mode.cpu_max_mhz.values() if v is not None]
+        uncapped_cpu = not cpu_caps or len(cpu_caps) < len(mode.cpu_max_mhz)
+        return PowerModeInfo(
+            mode.id,
+            mode.name,
+            mode.online_cores,
+            reboot,
+            detail,
+            rank=capability(mode),
+            cpu_mhz=top[0] if uncapped_cpu else max(cpu_caps),
+            gpu_mhz=mode.gpu_max_mhz if mode.gpu_max_mhz is not None else top[1],
+            emc_mhz=mode.emc_max_mhz if mode.emc_max_mhz is not None else top[2],
+        )
 
     def power_modes(self) -> tuple[PowerModeInfo, ...]:
         if self.conf is None:
             return ()
         current = self._current_conf_mode()
-        return tuple(self._mode_info(m, current) for m in self.conf.modes)
+        top = highest_caps_mhz(self.conf.modes)
+        return tuple(self._mode_info(m, current, top) for m in self.conf.modes)
 
     def _query_mode_id(self) -> int | None:
         if self._jtop is not None:
