@@ -106,6 +106,7 @@ def test_jetson_mode_is_set_and_restored_after_sigterm(tmp_path: Path, tiny: dic
 
 def test_jetson_mode_is_restored_when_a_worker_crashes(tmp_path: Path, tiny: dict[str, Any]) -> None:
     tiny["duration_s"] = 600
+    tiny["supervision"] = {"max_restarts": 0}  # the crash ends the run (restarts: test_supervision.py)
     config, nvpmodel = jetson_config(tmp_path, tiny, power_mode="MODE_50W")
     out = tmp_path / "run"
     proc = start_run(config, out)
@@ -117,7 +118,7 @@ def test_jetson_mode_is_restored_when_a_worker_crashes(tmp_path: Path, tiny: dic
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1 and "train:cl exited unexpectedly" in stderr
+    assert proc.returncode == 1 and "train:cl died" in stderr and "max_restarts is 0" in stderr
     assert nvpmodel.mode_id == MAXN and nvpmodel.switches() == [MODE_50W, MAXN]
     assert json.loads((out / "summary.json").read_text())["run"]["status"] == "failed"
 
