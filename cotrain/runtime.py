@@ -679,17 +679,28 @@ class Runtime:
         while pending:
             if self._stop_reason is not None:
                 raise RunFailed(f"stopped by {self._stop_reason} during start-up")
-            for worker, report in self.supervisor.poll(1.0, extra=[self._wake_r]):
+            now_ns = self.clock.now_ns()
+            due_s = min(((d - now_ns) / NS_PER_S for d in self._restart_due_ns.values()), default=1.0)
+            for worker, report in self.supervisor.poll(max(0.0, min(1.0, due_s)), extra=[self._wake_r]):
                 self.on_report(worker, report)
                 if isinstance(report, Ready):
                     pending.discard(worker)
+                    self._starting.pop(worker, None)  # nothing to resume: the run has not started
                     if worker.endswith(STANDBY):
                         self._standby_ready.add(worker)
                     self._log(f"  {worker} ready (pid {report.pid}, {report.detail})")
                 elif isinstance(report, WorkerFailed):
                     raise RunFailed(f"{worker} failed during start-up: {report.error}")
             for handle in self.supervisor.died():
-                raise RunFailed(f"{handle.name} exited during start-up (exit code {handle.process.exitcode})")
+                if handle.failure is not None or (handle.process.exitcode or 0) >= 0:
+                    # an exception or an exit in start-up code is deterministic: a restart would
+                    # fail the same way
+                    raise RunFailed(
+                        f"{handle.name} exited during start-up (exit code {handle.process.exitcode})"
+                    )
+                self._on_death(handle)  # killed by a signal (OOM, an operator): start it again
+                pending.add(handle.name)
+            self._restart_due_workers()
             if time.monotonic() > deadline:
                 raise RunFailed(
                     f"workers not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(pending))}"
@@ -821,7 +832,7 @@ class Runtime:
             error=handle.failure.error if handle.failure else None,
         )
         self._log(f"[red]{name} (pid {handle.pid}) died, exit code {code}[/red]")
-        if self._is_inference(name):
+        if self._is_inference(name) and self._t0_ns is not None:
             self.gate.set(False, self._slot(name))  # a dead service must not hold training back
             self._down_since_s.setdefault(name, self._elapsed_s())
         rules = self.config.supervision

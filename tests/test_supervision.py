@@ -287,3 +287,24 @@ def test_overload_sheds_counts_and_recovers_without_a_death(tmp_path: Path, tiny
     assert after, "the service kept serving after the overload"
     within = sum(float(r["latency_ms"]) <= inference["slo_ms"] for r in after)
     assert within / len(after) >= 0.9
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_loading_is_started_again(tmp_path: Path, tiny: dict[str, Any]) -> None:
+    """processes.json names the pids at once; an operator (or the OOM killer) may strike before
+    the models are loaded. The run must still start, and count the restart."""
+    tiny["duration_s"] = 3
+    proc, out = _start(tmp_path, tiny)
+    try:
+        _wait_event(proc, out, lambda e: e.get("event") == "worker_spawned", "the spawn", 60)
+        first = _kill(out, "inference")
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    summary = check_accounting(out)
+    assert summary["restarts"]["inference"] == 1
+    assert int(json.loads((out / "processes.json").read_text())["inference"]) != first
+    events = [e["event"] for e in read_jsonl(out / "events.jsonl")]
+    assert events.index("worker_died") < events.index("worker_restarted") < events.index("run_started")
