@@ -21,12 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cotrain.config import BENCH_CONTROLLERS, BenchConfig, ExperimentConfig, dump_config
 from cotrain.records import read_csv_rows, read_jsonl, write_json_atomic
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,31 @@ def controller_config(config: ExperimentConfig, controller: str) -> dict[str, An
 RunOne = Callable[[dict[str, Any], Path, float], None]
 
 
+def _bench_progress(show: bool) -> Progress:
+    """A bar over the bench's runs, on stderr. Transient, and inert when stderr is not a terminal
+    (rich draws nothing there), so piped output and bench.md/bench.json are unchanged."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]bench[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+        transient=True,
+    )
+
+
 def run_with_cli(data: dict[str, Any], out: Path, duration_s: float) -> None:
     """One real `cotrain run` in its own process tree."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +161,12 @@ def run_bench(
     run_one: RunOne = run_with_cli,
     controllers: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every controller and the oracle grid; write bench.json, bench.md and the plots."""
+    """Run every controller and the oracle grid; write bench.json, bench.md and the plots.
+
+    `progress` gets one line per run (the CLI prints them); `show_progress` adds a live bar on
+    stderr over all the runs, since a bench takes minutes and each run is silent until it ends."""
     bench = config.bench or BenchConfig()
     names = list(controllers or bench.controllers)
     unknown = sorted(set(names) - set(BENCH_CONTROLLERS))
@@ -147,21 +179,27 @@ def run_bench(
     total = len(names) + len(grid)
     rows: list[BenchRow] = []
     step = 0
-    for name in names:
-        step += 1
-        if progress:
-            progress(f"[{step}/{total}] {name}, {run_s:g} s")
-        run_dir = out / "runs" / name
-        run_one(controller_config(config, name), run_dir, run_s)
-        rows.append(row_from_run(name, run_dir, bench.slo_attainment_target))
     oracle_rows: list[BenchRow] = []
-    for i, (label, data) in enumerate(grid):
-        step += 1
-        if progress:
-            progress(f"[{step}/{total}] oracle grid: {label}, {oracle_s:g} s")
-        run_dir = out / "runs" / f"oracle-{i:02d}"
-        run_one(data, run_dir, oracle_s)
-        oracle_rows.append(row_from_run(f"static ({label})", run_dir, bench.slo_attainment_target, label))
+    with _bench_progress(show_progress) as bar:
+        task = bar.add_task("starting", total=total)
+        for name in names:
+            step += 1
+            if progress:
+                progress(f"[{step}/{total}] {name}, {run_s:g} s")
+            bar.update(task, description=f"{name}, {run_s:g} s")
+            run_dir = out / "runs" / name
+            run_one(controller_config(config, name), run_dir, run_s)
+            rows.append(row_from_run(name, run_dir, bench.slo_attainment_target))
+            bar.advance(task)
+        for i, (label, data) in enumerate(grid):
+            step += 1
+            if progress:
+                progress(f"[{step}/{total}] oracle grid: {label}, {oracle_s:g} s")
+            bar.update(task, description=f"oracle grid: {label}, {oracle_s:g} s")
+            run_dir = out / "runs" / f"oracle-{i:02d}"
+            run_one(data, run_dir, oracle_s)
+            oracle_rows.append(row_from_run(f"static ({label})", run_dir, bench.slo_attainment_target, label))
+            bar.advance(task)
     best = best_static(oracle_rows)
     if best is not None:
         rows.append(
