@@ -295,6 +295,9 @@ def summary_table(summary: dict[str, Any]) -> Any:
             f"{t['steps']}, {t['first_loss'] if t['first_loss'] is not None else '-'} → "
             f"{t['final_loss'] if t['final_loss'] is not None else '-'}",
         )
+    restarted = {w: n for w, n in summary.get("restarts", {}).items() if n}
+    if restarted:
+        table.add_row("supervision", "restarts", ", ".join(f"{w} {n}" for w, n in restarted.items()))
     return table
 
 
