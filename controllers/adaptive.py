@@ -18,7 +18,13 @@ live device (every configuration costs seconds of measurement), so the policy wo
    - Without mode information (a host, or modes without clocks) the feasible candidates are
      ordered by what they are expected to leave for training (gate off before yield, larger
      batches first: the seed measured that larger inference batches leave longer idle gaps for
-     training) and profiled in that order.
+     training). The search is sequential: after every profile e(b) is refitted (the probe's one
+     batch size leans on the prior; a second pins α and β), the plan is redrawn, and the next
+     candidate is the top one still predicted to beat the best that held the SLO (a larger
+     batch, `_worth_profiling`). When none is, it holds: windows spent profiling configurations
+     the model already ranks behind are training the run itself loses. A `yield` point is
+     planned only if the gate would ever drop there (`leaves_a_gap`) while some gate-off point
+     is feasible: with full batches a request always waits, and `yield` would starve training.
    - With modes (`modes`, e.g. a Jetson's nvpmodel/DVFS table) the search is sequential and
      model-based (controllers/modesearch.py): after every profile the time and power models are
      refitted and the (mode, batch) they predict best within the SLO and the power budget is
@@ -182,6 +188,20 @@ def operating_point(
     return b_eff, wait_ms + alpha + beta * b_eff
 
 
+def leaves_a_gap(b: int, delay_ms: float, rate_per_s: float, alpha: float, beta: float) -> bool:
+    """Whether training under gate `yield` would ever get to start a step at this operating point.
+
+    The gate is up from a batch's first arrival until the batch has run (the wait, then e(b)),
+    and a cycle lasts b_eff/λ. If the first fills the second, the next request is always already
+    waiting when a batch ends, the gate never drops, and a yielding trainer never steps: full
+    batches dispatched on a timer (the seed's setting) leave `yield` nothing to give training.
+    """
+    if rate_per_s <= 0:
+        return True
+    b_eff, worst = operating_point(b, delay_ms, rate_per_s, alpha, beta)
+    return worst is not None and worst < b_eff / rate_per_s * 1000
+
+
 def plan(
     rate_per_s: float,
     slo_ms: float,
@@ -197,24 +217,31 @@ def plan(
 
     Each batch cap is tried with the configured queue delay and with the delay that lets a full
     batch form. Bigger batches come first: per request they cost the shared device less, which is
-    what training gets back. Both gate policies are tried for the two most promising points.
-    `yield_exec_factor` scales the batch time under `yield` (inference alone on the device) from
-    the measured one (beside training); 1 judges both gates alike."""
+    what training gets back. Both gate policies are tried for the two most promising points, but
+    while some point is feasible with the gate off, a `yield` point is only tried if it leaves
+    training a gap to step in (`leaves_a_gap`): otherwise it starves training to protect an SLO
+    that the gate-off point already meets. `yield_exec_factor` scales the batch time under `yield`
+    (inference alone on the device) from the measured one (beside training); 1 judges both gates
+    alike."""
     alpha, beta = fit_exec_ms(exec_points)
     sizes = sorted({b for b in BATCH_SIZES if b <= max_batch_bound})
 
-    def ranked(factor: float) -> list[tuple[int, float]]:
+    def ranked(factor: float, need_gap: bool = False) -> list[tuple[int, float]]:
         points: dict[tuple[int, float], int] = {}
         for b in sizes:
             fill_ms = (b - 1) / rate_per_s * 1000 if rate_per_s > 0 else 0.0
             for delay in {round(delay_ms, 1), round(fill_ms, 1)}:
                 b_eff, worst = operating_point(b, delay, rate_per_s, alpha * factor, beta * factor)
-                if worst is not None and worst <= headroom * slo_ms:
-                    points[(b, delay)] = b_eff
+                if worst is None or worst > headroom * slo_ms:
+                    continue
+                if need_gap and not leaves_a_gap(b, delay, rate_per_s, alpha * factor, beta * factor):
+                    continue
+                points[(b, delay)] = b_eff
         # Ties on the batch that forms go to the smaller cap: it does not rely on the delay timer.
         return sorted(points, key=lambda bd: (points[bd], -bd[0], -bd[1]), reverse=True)[:2]
 
-    by_gate = {"off": ranked(1.0), "yield": ranked(yield_exec_factor)}
+    off = ranked(1.0)
+    by_gate = {"off": off, "yield": ranked(yield_exec_factor, need_gap=bool(off))}
     if not by_gate["off"] and not by_gate["yield"]:  # nothing predicted to fit: the safest known
         by_gate = {"off": [(sizes[0], 0.0)], "yield": [(sizes[0], 0.0)]}
     workers = (1,) if starving_for_data else (None,)
@@ -696,7 +723,43 @@ class AdaptivePolicy:
         )
         return self._action(obs, c, reason), state
 
+    def _worth_profiling(self, state: AdaptiveState, options: Sequence[Candidate]) -> tuple[Candidate, ...]:
+        """The planned candidates that could still beat the best one measured to meet the SLO.
+
+        The model ranks candidates by the batch that forms (b_eff): with the gate off, a larger
+        one costs the shared device less per request, which is what training gets back. So once
+        a gate-off candidate has held the SLO, only a larger b_eff can leave training more; the
+        same point behind `yield` only adds waiting. Profiling stops there, rather than spending
+        windows (at worse configurations, a cost the run's own training pays) on what the model
+        already says is behind. With a yielding best, the gate-off version of its batch is still
+        worth a look, and so is any change of dataloader workers."""
+        best = self._best(state)
+        fresh = [c for c in options if c not in state.measured]
+        if best is None:
+            return tuple(fresh)
+        alpha, beta = fit_exec_ms(state.exec_points)
+        rate = state.plan_rate_per_s
+
+        def b_eff(c: Candidate) -> int:
+            return operating_point(c.max_batch_size, c.max_queue_delay_ms, rate, alpha, beta)[0]
+
+        floor = b_eff(best)
+        return tuple(
+            c
+            for c in fresh
+            if b_eff(c) > floor
+            or (b_eff(c) == floor and c.gate_policy == "off" and best.gate_policy != "off")
+            or (b_eff(c) >= floor and c.num_workers != best.num_workers)
+        )
+
     def _next_profile_or_hold(self, obs: Observation, state: AdaptiveState) -> tuple[Action, AdaptiveState]:
+        """Profile the next candidate or hold. The plan is redrawn first: the profile just taken
+        added a batch size to the e(b) fit (one point leans on a prior; two pin α and β), so the
+        candidates the model now ranks first, and those still worth a profile, may have changed."""
+        inf = obs.inference
+        if inf is not None and state.plan_rate_per_s > 0:
+            options = self._plan(obs, state, state.plan_rate_per_s, inf.slo_ms)
+            state = replace(state, queue=self._worth_profiling(state, options))
         budget_left = self.max_profiles - state.profiles_used
         if state.queue and budget_left > 0:
             nxt, rest = state.queue[0], state.queue[1:]

@@ -21,7 +21,14 @@ from cotrain.control import (
     TrainingKnobs,
     TrainingWindow,
 )
-from cotrain.controllers.adaptive import AdaptivePolicy, AdaptiveState, fit_exec_ms, plan, predicted_worst_ms
+from cotrain.controllers.adaptive import (
+    AdaptivePolicy,
+    AdaptiveState,
+    fit_exec_ms,
+    leaves_a_gap,
+    plan,
+    predicted_worst_ms,
+)
 from cotrain.controllers.contract import check_policy
 from cotrain.controllers.modesearch import ModeInfo, ModeSample, ModeTable, fit_mode_model
 from cotrain.controllers.wrappers import Bounded, KnobBounds
@@ -94,10 +101,10 @@ START = Knobs(
 
 
 def drive(
-    policy: AdaptivePolicy, rates: list[float]
+    policy: AdaptivePolicy, rates: list[float], start: Knobs = START
 ) -> tuple[Knobs, AdaptiveState, list[Action], list[tuple[float | None, float]]]:
     bounded = Bounded(policy, BOUNDS)
-    knobs, state = START, policy.initial_state()
+    knobs, state = start, policy.initial_state()
     actions, seen = [], []
     for i, rate in enumerate(rates):
         obs = observe(i * 0.5, knobs, rate)
@@ -157,6 +164,46 @@ def test_a_rate_step_re_plans_and_the_slo_is_held_again() -> None:
     p99, _ = plant(knobs, 60.0)
     assert p99 is not None and p99 <= SLO_MS
     assert all(p is not None and p <= SLO_MS for p, _ in seen[-10:]), "settled within the SLO"
+
+
+def test_yield_is_planned_only_where_it_leaves_training_a_gap() -> None:
+    points = {2: exec_ms(2), 8: exec_ms(8)}
+    # full batches on a timer: the next request always waits when a batch ends; the gate never drops
+    assert not leaves_a_gap(8, 7 / 60 * 1000, 60.0, 5.0, 4.0)
+    assert leaves_a_gap(1, 0.0, 20.0, 5.0, 4.0)  # 9 ms batches, a request every 50 ms
+    queue = plan(60.0, SLO_MS, 0.8, points, 64, False, 10, delay_ms=1000.0)
+    yielding = [c for c in queue if c.gate_policy == "yield"]
+    assert any(c.gate_policy == "off" for c in queue), "gate off is feasible"
+    assert yielding and all(
+        leaves_a_gap(c.max_batch_size, c.max_queue_delay_ms, 60.0, 5.0, 4.0) for c in yielding
+    ), "yield only at small batches, where the gate drops between them"
+    assert max(c.max_batch_size for c in yielding) < max(c.max_batch_size for c in queue)
+    # at 400 req/s nothing is stable with the gate off; alone (a third of the time) inference
+    # keeps up, with no gap for training: yield is still planned, since only it holds the SLO
+    only_yield = plan(400.0, SLO_MS, 0.8, points, 64, False, 10, delay_ms=1000.0, yield_exec_factor=1 / 3)
+    assert only_yield and all(c.gate_policy == "yield" for c in only_yield)
+    assert not leaves_a_gap(
+        only_yield[0].max_batch_size, only_yield[0].max_queue_delay_ms, 400.0, 5 / 3, 4 / 3
+    )
+
+
+# the CPU bench's shape: full batches (a delay that never binds first), the gate off, b=2
+START_FULL = Knobs(
+    inference=InferenceKnobs(max_batch_size=2, max_queue_delay_ms=1000.0, threads=1, cpus=None),
+    training={"cl": TrainingKnobs(threads=1, cpus=None, num_workers=0, paused=False, gate_policy="off")},
+)
+
+
+def test_the_search_stops_once_nothing_left_is_predicted_to_beat_what_held() -> None:
+    policy = AdaptivePolicy(max_profiles=10, profile_windows=2)
+    knobs, state, actions, _ = drive(policy, [60.0] * 40, start=START_FULL)
+    assert state.phase == "hold"
+    # the probe at b=2, then b=4, which the refitted e(b) says is the largest batch within the SLO
+    assert state.profiles_used == 2, [a.reason for a in actions]
+    assert knobs.inference is not None and knobs.inference.max_batch_size == 4
+    assert all(a.training["cl"].gate_policy != "yield" for a in actions if a.training)
+    p99, _ = plant(knobs, 60.0)
+    assert p99 is not None and p99 <= SLO_MS
 
 
 def test_two_broken_windows_in_hold_fall_back() -> None:

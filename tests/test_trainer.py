@@ -186,3 +186,32 @@ def test_yield_with_max_wait_cannot_starve_training(tmp_path: Path) -> None:
     run_until(trainer, channel, steps=2)
     rows = read_csv_rows(tmp_path / "t.csv")
     assert all(29 <= float(r["gate_wait_ms"]) < 1000 for r in rows[:2])
+
+
+def test_switching_the_gate_off_ends_a_wait_already_in_progress(tmp_path: Path) -> None:
+    """Bug: a trainer already waiting under `yield` kept waiting after SetInterleave("off"), for as
+    long as inference held the gate (24 s of no training in a real bench)."""
+    from cotrain.messages import SetInterleave
+
+    gate = SpyGate()
+    gate.set(True)  # inference never lets go
+    channel = FakeChannel()
+    trainer = Trainer(
+        job(interleave={"policy": "yield"}),
+        tmp_path / "t.csv",
+        tmp_path / "ck",
+        channel,  # type: ignore[arg-type]
+        threads=1,
+        gate=gate,
+    )
+    runner = threading.Thread(target=trainer.run, args=(0,), daemon=True)
+    runner.start()
+    assert gate.waited.wait(timeout=60), "the trainer is waiting on the raised gate"
+    assert trainer.step == 0
+    channel.commands.put(SetInterleave("off", None))
+    deadline = time.monotonic() + 60
+    while trainer.step < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling a counter; the assertion below does not depend on this timing
+    channel.commands.put(Stop())
+    runner.join(timeout=60)
+    assert trainer.step >= 2, "training runs with the gate still raised once the policy is off"

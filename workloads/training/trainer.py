@@ -200,16 +200,16 @@ class Trainer:
         if gate is None or self.gate_policy != "yield" or not gate.raised:
             return 0.0
         start_ns = self.clock.now_ns()
-        limit_ns = (
-            None if self.gate_max_wait_ms is None else start_ns + round(self.gate_max_wait_ms * NS_PER_MS)
-        )
-        while not (self.stopping or self.paused):
+        # The policy and its bound are re-read every slice: a SetInterleave that arrives while
+        # training waits (the gate switched off, or bounded) must end or shorten this wait.
+        while not (self.stopping or self.paused) and self.gate_policy == "yield":
             slice_s = 0.05
-            if limit_ns is not None:
+            if self.gate_max_wait_ms is not None:
+                limit_ns = start_ns + round(self.gate_max_wait_ms * NS_PER_MS)
                 slice_s = min(slice_s, (limit_ns - self.clock.now_ns()) / NS_PER_S)
             if slice_s <= 0 or gate.wait_lowered(slice_s):
                 break
-            self._poll_commands(0.0)  # stay responsive to stop/pause while yielding
+            self._poll_commands(0.0)  # stay responsive to stop/pause/gate changes while yielding
         return (self.clock.now_ns() - start_ns) / NS_PER_MS
 
     def _throttle(self, step_ns: int) -> None:
