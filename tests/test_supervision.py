@@ -91,6 +91,15 @@ def _wait_event(proc: subprocess.Popen[str], out: Path, predicate: Any, what: st
         time.sleep(0.2)  # polling a file another process writes; no assertion depends on the timing
 
 
+def _wait_served(proc: subprocess.Popen[str], out: Path, timeout_s: float = 120) -> None:
+    """Until the service has served a request: accounting is then checked on a mix of outcomes."""
+    deadline = time.monotonic() + timeout_s
+    while not any(r["outcome"] == "served" for r in read_csv_rows(out / "requests.csv")):
+        assert proc.poll() is None, f"cotrain run ended before serving: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"nothing served within {timeout_s:.0f} s"
+        time.sleep(0.2)  # polling a file another process writes; no assertion depends on the timing
+
+
 def _kill(out: Path, worker: str) -> int:
     pid = int(json.loads((out / "processes.json").read_text())[worker])
     os.kill(pid, signal.SIGKILL)
@@ -168,6 +177,7 @@ def test_a_worker_that_keeps_dying_stops_the_run_with_its_reason(
     proc, out = _start(tmp_path, tiny)
     try:
         _wait_event(proc, out, lambda e: e.get("event") == "run_started", "run start", 180)
+        _wait_served(proc, out)
         _kill(out, "inference")
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -231,6 +241,7 @@ def test_a_second_sigint_forces_the_exit_and_still_accounts_and_restores(
     proc, out = _start(tmp_path, tiny)
     try:
         _wait_event(proc, out, lambda e: e.get("event") == "run_started", "run start", 180)
+        _wait_served(proc, out)
         children = [int(p) for p in json.loads((out / "processes.json").read_text()).values()]
         # a stopped training process cannot obey Stop: the first SIGINT alone would wait ~30 s
         os.kill(int(json.loads((out / "processes.json").read_text())["train:cl"]), signal.SIGSTOP)
