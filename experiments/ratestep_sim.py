@@ -11,8 +11,7 @@ almost nothing) and back down from 100 to 50 req/s, 120 simulated seconds each.
 
 from __future__ import annotations
 
-from cotrain.sim.calibration import calibrate
-from cotrain.sim.ratestep import SLO_TARGET, rate_step_scenario, report_table, run_rate_step
+from cotrain.sim.ratestep import print_rate_steps
 
 STEPS = ((50.0, 100.0), (100.0, 200.0), (100.0, 50.0))
 STEP_AT_S = 60.0
@@ -20,17 +19,7 @@ DURATION_S = 120.0
 
 
 def main() -> int:
-    device = calibrate().device
-    reports = []
-    for before, after in STEPS:
-        scenario = rate_step_scenario(before, after, STEP_AT_S, DURATION_S)
-        report, _ = run_rate_step(scenario, STEP_AT_S, device=device)
-        reports.append(report)
-    print(report_table(reports))
-    print(
-        f"\nRe-converged: the first whole second after the step from which every 1 s bin has SLO "
-        f"attainment >= {SLO_TARGET:g} and no knob changes any more. Transient: from the step to then."
-    )
+    print_rate_steps(STEPS, STEP_AT_S, DURATION_S)
     return 0
 
 

@@ -145,7 +145,8 @@ class SpyGate(InterleavingGate):
         return super().wait_lowered(timeout_s)
 
 
-def test_yield_waits_while_inference_is_busy_and_resumes_when_it_is_not(tmp_path: Path) -> None:
+def start_yielding(tmp_path: Path) -> tuple[Trainer, FakeChannel, SpyGate, threading.Thread]:
+    """A trainer with policy `yield` running on a thread, the gate raised as inference holds it."""
     gate = SpyGate()
     gate.set(True)
     channel = FakeChannel()
@@ -159,6 +160,11 @@ def test_yield_waits_while_inference_is_busy_and_resumes_when_it_is_not(tmp_path
     )
     runner = threading.Thread(target=trainer.run, args=(0,), daemon=True)
     runner.start()
+    return trainer, channel, gate, runner
+
+
+def test_yield_waits_while_inference_is_busy_and_resumes_when_it_is_not(tmp_path: Path) -> None:
+    trainer, channel, gate, runner = start_yielding(tmp_path)
     assert gate.waited.wait(timeout=60)
     assert trainer.step == 0, "no minibatch while inference holds the gate"
     gate.set(False)
@@ -193,19 +199,7 @@ def test_switching_the_gate_off_ends_a_wait_already_in_progress(tmp_path: Path) 
     long as inference held the gate (24 s of no training in a real bench)."""
     from cotrain.messages import SetInterleave
 
-    gate = SpyGate()
-    gate.set(True)  # inference never lets go
-    channel = FakeChannel()
-    trainer = Trainer(
-        job(interleave={"policy": "yield"}),
-        tmp_path / "t.csv",
-        tmp_path / "ck",
-        channel,  # type: ignore[arg-type]
-        threads=1,
-        gate=gate,
-    )
-    runner = threading.Thread(target=trainer.run, args=(0,), daemon=True)
-    runner.start()
+    trainer, channel, gate, runner = start_yielding(tmp_path)  # inference never lets go
     assert gate.waited.wait(timeout=60), "the trainer is waiting on the raised gate"
     assert trainer.step == 0
     channel.commands.put(SetInterleave("off", None))

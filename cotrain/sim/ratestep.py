@@ -189,18 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--at", type=float, default=60.0, help="simulated seconds of the step")
     parser.add_argument("--duration", type=float, default=120.0, help="simulated seconds of the run")
     args = parser.parse_args(argv)
+    print_rate_steps([(args.before, after) for after in args.after], args.at, args.duration)
+    return 0
+
+
+def print_rate_steps(steps: Sequence[tuple[float, float]], step_at_s: float, duration_s: float) -> None:
+    """Run `adaptive` through each (before, after) rate step and print the table with its
+    definitions: the one report both `python -m cotrain.sim.ratestep` and the experiment print."""
     device = calibrate().device
     reports = []
-    for after in args.after:
-        scenario = rate_step_scenario(args.before, after, args.at, args.duration)
-        report, _ = run_rate_step(scenario, args.at, device=device)
+    for before, after in steps:
+        scenario = rate_step_scenario(before, after, step_at_s, duration_s)
+        report, _ = run_rate_step(scenario, step_at_s, device=device)
         reports.append(report)
     print(report_table(reports))
     print(
         f"\nRe-converged: the first whole second after the step from which every 1 s bin has SLO "
         f"attainment >= {SLO_TARGET:g} and no knob changes any more. Transient: from the step to then."
     )
-    return 0
 
 
 if __name__ == "__main__":
