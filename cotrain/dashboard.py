@@ -77,8 +77,10 @@ class ServiceView:
     total: LatencyWindow  # the run so far
     chart: Sequence[LatencyWindow]  # one bar each
     chart_bin_s: float
-    queue_max: int | None  # requests waiting, rebuilt from requests.csv (see runread.queue_depths)
-    queue_mean: float | None
+    queue_max: int | None  # most requests waiting in the window, recorded or rebuilt from requests
+    queue_mean: float | None  # rebuilt from requests.csv (see runread.queue_depths)
+    queue_now: int | None  # as the service last reported it (telemetry.csv; primary service only)
+    arrival_per_s: float | None  # offered load over the window, as reported (primary service only)
     max_batch_size: int | None
     max_queue_delay_ms: float | None
     variant: str | None
@@ -177,6 +179,7 @@ def build_frame(
     decisions = [d for d in records.decisions if d.t_s <= until]
     knobs = decisions[-1].knobs if decisions else {}
     events = [e for e in records.events if _at_or_before(event_time_s(e, t0), until)]
+    telemetry = [t for t in records.telemetry if t.t_s <= until]
     for spec in ordered:
         rows = records.requests.get(spec.name, [])
         columns = records.columns(spec.name)
@@ -202,13 +205,13 @@ def build_frame(
                 spec.max_batch_size,
                 spec.max_queue_delay_ms,
                 sum(1 for e in events if e.get("event") == "model_swapped" and _worker_is(e, spec.name)),
+                reported=telemetry if spec.name == primary_name else (),
             )
         )
     jobs = [
         _job_view(job, records, t0, now, until, window_s, knobs.get("training", {}).get(job.name, {}), events)
         for job in records.jobs()
     ]
-    telemetry = [t for t in records.telemetry if t.t_s <= until]
     return Frame(
         run_name=records.name,
         path=str(records.path),
@@ -262,7 +265,10 @@ def _service_view(
     config_batch: int | None,
     config_delay_ms: float | None,
     swaps: int,
+    *,
+    reported: Sequence[TelemetryRow] = (),
 ) -> ServiceView:
+    """`reported`: telemetry rows so far, whose queue depth and arrival rate are this service's."""
     start = max(0.0, now - window_s)
     if t0 is None:
         empty = latency_window(RequestColumns.from_rows([]), 0.0, slo_ms, start, now)
@@ -285,6 +291,13 @@ def _service_view(
         in_window = depths[times >= start]
         queue_max = int(in_window.max()) if in_window.size else None
         queue_mean = float(in_window.mean()) if in_window.size else None
+    reported_depths = [(t.t_s, t.queue_depth) for t in reported if t.queue_depth is not None]
+    queue_now = reported_depths[-1][1] if reported_depths else None
+    # a request still queued has no row in requests.csv yet: the service's own count covers it
+    depths_in_window = [depth for t_s, depth in reported_depths if t_s >= start]
+    if depths_in_window:
+        queue_max = max(queue_max or 0, *depths_in_window)
+    rates = [t.arrival_rate_per_s for t in reported if t.t_s >= start and t.arrival_rate_per_s is not None]
     knobs = knobs or {}
     return ServiceView(
         name=name,
@@ -296,6 +309,8 @@ def _service_view(
         chart_bin_s=bin_s,
         queue_max=queue_max,
         queue_mean=queue_mean,
+        queue_now=queue_now,
+        arrival_per_s=sum(rates) / len(rates) if rates else None,
         max_batch_size=knobs.get("max_batch_size", config_batch),
         max_queue_delay_ms=knobs.get("max_queue_delay_ms", config_delay_ms),
         variant=knobs.get("variant") or (last.variant if last is not None and last.variant else None),
@@ -512,11 +527,20 @@ def _service_lines(s: ServiceView, frame: Frame, width: int) -> list[Text]:
     line1.append(f"p50 {_ms(recent.p50_ms)}  p99 {_ms(recent.p99_ms)} ms", "bold")
     line1.append("  attain ")
     line1.append(_pct(recent.attainment), _attainment_style(recent.attainment))
-    line1.append(f"  {recent.served_per_s:.1f} req/s  queue ")
-    line1.append("-" if s.queue_max is None else f"max {s.queue_max}")
-    mean = f" mean {s.queue_mean:.1f}" if s.queue_mean is not None else ""
-    if len(line1.plain) + len(mean) <= width:
-        line1.append(mean)
+    line1.append(f"  {recent.served_per_s:.1f} req/s")
+    queue = "-" if s.queue_max is None else f"max {s.queue_max}"
+    optional = [f" mean {s.queue_mean:.1f}"] if s.queue_mean is not None else []
+    if s.queue_now is not None:
+        queue = str(s.queue_now)
+        optional = [f" max {s.queue_max}"] if s.queue_max is not None else []
+    arriving = f" ({s.arrival_per_s:.1f} arriving)" if s.arrival_per_s is not None else ""
+    if arriving and len(line1.plain) + len(arriving) + len(f"  queue {queue}") <= width:
+        line1.append(arriving)
+    line1.append("  queue ")
+    line1.append(queue, "bold" if s.queue_now is not None else "")
+    for part in optional:  # as much as fits
+        if len(line1.plain) + len(part) <= width:
+            line1.append(part)
     total = s.total
     line2 = Text(" run: ")
     line2.append(f"p50 {_ms(total.p50_ms)}  p99 {_ms(total.p99_ms)} ms  attain ")

@@ -2,9 +2,10 @@
 
 Everything comes from the record files (through `cotrain.runread`, so a crashed or still-running
 run is reported too): per-request latency over time against the SLO (the sawtooth figure of
-seed CCGrid'23), the latency CDF, training throughput over time, a timeline of the knobs the
-controller turned, and platform utilisation and power where the telemetry has them. With several
-runs, report.md opens with a side-by-side table.
+seed CCGrid'23), the latency CDF of every service, the offered load and the queue, training
+throughput over time, a timeline of the knobs the controller turned, and platform utilisation
+and power where the telemetry has them. With several runs, report.md opens with a side-by-side
+table.
 
 Plots use matplotlib's object API on the Agg canvas (no pyplot state, no display), so the report
 can run in a thread or a headless CI job.
@@ -24,6 +25,7 @@ from matplotlib.figure import Figure
 
 from cotrain.dashboard import describe_action, notable_events
 from cotrain.runread import (
+    FloatArray,
     KnobValue,
     RequestColumns,
     RunRecords,
@@ -31,6 +33,7 @@ from cotrain.runread import (
     knob_timeline,
     latency_bins,
     latency_window,
+    queue_depths,
     read_run,
     train_rate_bins,
 )
@@ -200,37 +203,134 @@ def _latency_panel(ax: Axes, requests: RequestColumns, t0: float, slo: float, du
         ax.set_ylim(0, max(slo * 1.25, float(latency.max()) * 1.05 if latency.size else slo))
 
 
+@dataclass(frozen=True)
+class CdfCurve:
+    """One service's served latencies, sorted, each with the fraction of *arrived* requests served
+    within it (so failed and shed requests keep the curve below 1)."""
+
+    label: str
+    slo_ms: float
+    latency_ms: FloatArray
+    fraction: FloatArray
+
+    @property
+    def attainment(self) -> float:
+        within = self.fraction[self.latency_ms <= self.slo_ms]
+        return float(within[-1]) if within.size else 0.0
+
+
+def cdf_curves(runs: Sequence[tuple[str, RunRecords]]) -> list[CdfCurve]:
+    """Every run's every service that served something, the highest priority first in each run.
+
+    Every service, not just the controller's: a low-priority service starved by a higher one
+    shows as a curve that stays low.
+    """
+    curves = []
+    for label, records in runs:
+        services = sorted(records.services(), key=lambda s: -s.priority)
+        for service in services:
+            if not records.requests.get(service.name):
+                continue
+            requests = records.columns(service.name)
+            latency = np.sort(requests.latency_ms[requests.served & ~np.isnan(requests.latency_ms)])
+            if latency.size == 0:
+                continue
+            name = label if len(services) == 1 else f"{label}: {service.name} (SLO {service.slo_ms:g} ms)"
+            fraction = np.arange(1, latency.size + 1) / len(requests)
+            curves.append(CdfCurve(name, service.slo_ms, latency, fraction))
+    return curves
+
+
 def plot_latency_cdf(runs: Sequence[tuple[str, RunRecords]], path: Path) -> Path:
-    """Each run's served-latency CDF, with a vertical line at each distinct SLO."""
+    """The served-latency CDF of each run's each service, with a vertical line at each distinct SLO."""
     fig, (ax,) = _figure(height_in=4.0)
-    ax.set_title("latency CDF (primary service; failed and shed requests never reach the top)")
+    ax.set_title("latency CDF (failed and shed requests never reach the top)")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("fraction of arrived requests\nserved within that latency")
-    slos: set[float] = set()
-    tails: list[float] = []
-    for label, records in runs:
-        primary = records.primary()
-        if primary is None:
-            continue
-        requests = records.columns(primary.name)
-        latency = np.sort(requests.latency_ms[requests.served & ~np.isnan(requests.latency_ms)])
-        if latency.size == 0:
-            continue
-        slos.add(primary.slo_ms)
-        arrived = len(requests)
-        attained = float(np.sum(latency <= primary.slo_ms)) / arrived
-        fraction = np.arange(1, latency.size + 1) / arrived  # lost requests never reach the top
-        ax.step(latency, fraction, where="post", label=f"{label} ({attained:.1%} within SLO)")
-        tails.append(float(np.percentile(latency, 99.5)))
-    if not slos:
-        _no_data(ax, "no inference requests recorded")
-    for slo in sorted(slos):
+    curves = cdf_curves(runs)
+    for curve in curves:
+        ax.step(
+            curve.latency_ms,
+            curve.fraction,
+            where="post",
+            label=f"{curve.label}, {curve.attainment:.1%} within SLO",
+        )
+    slos = sorted({c.slo_ms for c in curves})
+    for slo in slos:
         ax.axvline(slo, **SLO_STYLE, label=f"SLO {slo:g} ms")
-    if slos:
+    if curves:
+        tails = [float(np.percentile(c.latency_ms, 99.5)) for c in curves]
         ax.set_xlim(0, max(max(slos) * 1.3, max(tails) * 1.05))
         ax.legend(loc="lower right", fontsize="small")
+    else:
+        _no_data(ax, "no inference requests recorded")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def plot_load(records: RunRecords, label: str, path: Path) -> Path:
+    """The controller's service: requests/s arriving, served and lost per time bin, and its queue.
+
+    The queue depth the service reported at each control period (telemetry.csv) is drawn over
+    the depth rebuilt at every arrival from requests.csv, which older runs have alone.
+    """
+    fig, (rates, queue) = _figure(rows=2, height_in=5.6)
+    primary = records.primary()
+    t0 = records.t0_mono_s
+    duration = _duration_s(records)
+    fig.suptitle(f"{label}: offered load and queue" + (f" ({primary.name})" if primary else ""))
+    rates.set_ylabel("requests/s")
+    queue.set_ylabel("requests waiting")
+    queue.set_xlabel("time since run start (s)")
+    for ax in (rates, queue):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0, duration)
+    if primary is None or t0 is None or not records.requests.get(primary.name):
+        _no_data(rates, "no inference requests recorded")
+        _no_data(queue, "no inference requests recorded")
+        fig.savefig(path)
+        return path
+    requests = records.columns(primary.name)
+    bin_s = max(1.0, math.ceil(duration / 100))
+    edges = np.arange(0.0, duration + 1e-9, bin_s)  # whole bins only: a partial one reads as a drop
+    lost = ~requests.served
+    for name, at, color in (
+        ("arrived", requests.arrival_s, "tab:gray"),
+        ("served", requests.done_s[requests.served], "tab:blue"),
+        ("failed or shed", requests.done_s[lost], "tab:red"),
+    ):
+        if name != "arrived" and not at.size:
+            continue
+        counts, _ = np.histogram(at - t0, bins=edges)
+        rates.stairs(counts / bin_s, edges, baseline=None, color=color, label=f"{name}, per {bin_s:g} s")
+    reported = [(t.t_s, t.arrival_rate_per_s) for t in records.telemetry if t.arrival_rate_per_s is not None]
+    if reported:
+        xs, ys = zip(*reported, strict=True)
+        rates.plot(
+            xs,
+            ys,
+            ".",
+            color="black",
+            markersize=3,
+            label="arrival rate the service reported, per control period",
+        )
+    rates.set_ylim(bottom=0)
+    rates.legend(loc="lower right", fontsize="x-small", ncols=2)
+    times, depths = queue_depths(requests, t0)
+    if times.size:
+        queue.step(times, depths, where="post", color="tab:gray", lw=0.8, label="rebuilt at each arrival")
+    depths_reported = [(t.t_s, t.queue_depth) for t in records.telemetry if t.queue_depth is not None]
+    if depths_reported:
+        xs, ys = zip(*depths_reported, strict=True)
+        queue.plot(xs, ys, "o", color="tab:purple", markersize=3, label="reported by the service")
+    if not times.size and not depths_reported:
+        _no_data(queue, "no request reached a batch")
+    else:
+        highest = max([0, *depths.tolist(), *(d for _, d in depths_reported)])
+        queue.set_ylim(0, highest * 1.35 + 1)  # headroom for the legend
+        queue.legend(loc="upper right", fontsize="x-small", ncols=2)
     fig.savefig(path)
     return path
 
@@ -542,6 +642,7 @@ def run_labels(paths: Sequence[Path]) -> list[str]:
 
 PLOTS: tuple[tuple[str, Callable[[RunRecords, str, Path], Path]], ...] = (
     ("latency", plot_latency),
+    ("load", plot_load),
     ("training", plot_training),
     ("knobs", plot_knobs),
     ("platform", plot_platform),

@@ -150,6 +150,10 @@ class TelemetryRow:
     memory_used_mb: float | None
     power_w: float | None
     temperature_c: float | None
+    # the primary service's, as it reported them in the tick; None in runs from before the
+    # runtime recorded them, and in a tick without a report
+    queue_depth: int | None = None
+    arrival_rate_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +354,8 @@ def telemetry_row(row: Mapping[str, str]) -> TelemetryRow:
         memory_used_mb=_number(row.get("memory_used_mb")),
         power_w=_number(row.get("power_w")),
         temperature_c=_number(row.get("temperature_c")),
+        queue_depth=_int_or_none(row.get("queue_depth")),
+        arrival_rate_per_s=_number(row.get("arrival_rate_per_s")),
     )
 
 
@@ -714,10 +720,11 @@ def latency_bins(
 def queue_depths(requests: RequestColumns, t0_mono_s: float) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     """(arrival time since t0, requests waiting then) for every request that reached a batch.
 
-    The service reports its queue depth to the runtime, but no record file keeps it, so it is
-    rebuilt from requests.csv: at each arrival, the requests that had arrived and not yet started
-    a batch (this one included). A request still queued is not in the file yet, so at a live
-    run's edge this lags by one batch. Shed requests never waited, so they are left out.
+    telemetry.csv keeps the controller's service's own count once per control period; this
+    rebuild from requests.csv serves older runs, further services and the detail in between: at
+    each arrival, the requests that had arrived and not yet started a batch (this one included).
+    A request still queued is not in the file yet, so at a live run's edge this lags by one
+    batch. Shed requests never waited, so they are left out.
     """
     started = ~np.isnan(requests.start_s)
     arrivals = np.sort(requests.arrival_s[started])

@@ -25,7 +25,7 @@ from typing import Any
 
 from cotrain.clock import NS_PER_S, Clock, MonotonicClock
 from cotrain.config import AdaptiveControllerConfig, ExperimentConfig, FederatedConfig, dump_config
-from cotrain.control import Action, InferenceKnobs, Knobs, TrainingKnobs, VariantInfo
+from cotrain.control import Action, InferenceKnobs, InferenceWindow, Knobs, TrainingKnobs, VariantInfo
 from cotrain.controllers.adaptive import AdaptivePolicy
 from cotrain.controllers.base import Policy
 from cotrain.controllers.modesearch import ModeInfo
@@ -55,7 +55,7 @@ from cotrain.messages import (
     WorkerFailed,
 )
 from cotrain.observe import build_observation
-from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, by_capability
+from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, TelemetrySample, by_capability
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
 from cotrain.summary import STANDBY, compute_summary
@@ -73,6 +73,10 @@ TELEMETRY_COLUMNS = (
     "memory_used_mb",
     "power_w",
     "temperature_c",
+    # the primary (controller's) service, as its stats messages of this control tick told it;
+    # blank when none arrived in the tick. Appended last so older readers keep their columns.
+    "queue_depth",
+    "arrival_rate_per_s",
 )
 
 
@@ -543,22 +547,6 @@ class Runtime:
         self._record_rounds()
         sample = self.platform.telemetry()
         now_s = self._elapsed_s()
-        if self._telemetry is not None:
-            self._telemetry.write_rows(
-                [
-                    (
-                        f"{now_s:.3f}",
-                        sample.source,
-                        sample.power_mode or "",
-                        _num(sample.cpu_util_percent),
-                        _num(sample.gpu_util_percent),
-                        _num(sample.gpu_freq_mhz),
-                        _num(sample.memory_used_mb),
-                        _num(sample.power_w),
-                        _num(sample.temperature_c),
-                    )
-                ]
-            )
         primary = self.config.workloads.primary_inference()
         inference = primary.config if primary is not None else None
         obs = build_observation(
@@ -582,6 +570,7 @@ class Runtime:
             profile_ms=self._profile,
             inference_fresh=bool(self._inference_stats),
         )
+        self._write_telemetry(now_s, sample, obs.inference if obs.inference_fresh else None)
         if self._inference_stats:  # a tick without a stats message keeps the last window's view
             self._last_inference_stats = self._inference_stats
         self._inference_stats = []
@@ -592,6 +581,30 @@ class Runtime:
         if not action.is_empty() or action.notes:
             self._decide_record(now_s, action)
         return state
+
+    def _write_telemetry(self, t_s: float, sample: TelemetrySample, window: InferenceWindow | None) -> None:
+        """One telemetry.csv row per control tick: the platform sample, and the primary service's
+        queue depth and arrival rate, which the dashboard and report read instead of rebuilding them
+        from requests.csv (a request still queued has no row there yet)."""
+        if self._telemetry is None:
+            return
+        self._telemetry.write_rows(
+            [
+                (
+                    f"{t_s:.3f}",
+                    sample.source,
+                    sample.power_mode or "",
+                    _num(sample.cpu_util_percent),
+                    _num(sample.gpu_util_percent),
+                    _num(sample.gpu_freq_mhz),
+                    _num(sample.memory_used_mb),
+                    _num(sample.power_w),
+                    _num(sample.temperature_c),
+                    "" if window is None else str(window.queue_depth),
+                    "" if window is None else f"{window.arrival_rate_per_s:.3f}",
+                )
+            ]
+        )
 
     def _decide_record(self, t_s: float, action: Action) -> None:
         if self._decisions is not None:

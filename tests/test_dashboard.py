@@ -98,6 +98,36 @@ def test_frame_figures_agree_with_the_summary() -> None:
     assert service.queue_max is not None and service.queue_max >= 1
 
 
+def with_reported_queue(run: Path, depths: dict[int, int], rate_per_s: float) -> None:
+    """Give the recorded run's telemetry.csv the service's own queue depth (the column runs
+    record since the runtime has kept it): `depths` by row index, a blank for every other row."""
+    lines = (run / "telemetry.csv").read_text(encoding="utf-8").splitlines()
+    rows = [lines[0] + ",queue_depth,arrival_rate_per_s"]
+    for i, line in enumerate(lines[1:]):
+        rows.append(f"{line},{depths[i]},{rate_per_s}" if i in depths else f"{line},,")
+    (run / "telemetry.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_the_queue_the_service_reported_includes_requests_not_yet_in_requests_csv(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    rebuilt = build_frame(read_run(run)).services[0]
+    assert rebuilt.queue_now is None and rebuilt.arrival_per_s is None  # an older run: no such column
+    last = len((run / "telemetry.csv").read_text(encoding="utf-8").splitlines()) - 2
+    # 30 requests waiting at the last tick: still queued, so requests.csv has no row for them
+    with_reported_queue(run, {last - 1: 30, last: 3}, rate_per_s=20.5)
+
+    service = build_frame(read_run(run)).services[0]
+
+    assert rebuilt.queue_max is not None and rebuilt.queue_max < 30
+    assert service.queue_now == 3  # the latest report
+    assert service.queue_max == 30  # the window's most, which only the report saw
+    assert service.arrival_per_s == pytest.approx(20.5)
+    text = frame_text(build_frame(read_run(run)), 120, 30)
+    assert "queue 3 max 30" in text and "(20.5 arriving)" in text
+    narrow = frame_text(build_frame(read_run(run)), 80, 24)
+    assert "queue 3" in narrow and max(len(line) for line in narrow.splitlines()) <= 80
+
+
 def test_a_bigger_screen_gets_a_taller_chart_and_more_events() -> None:
     frame = build_frame(read_run(RECORDED), chart_bars=72)
 

@@ -109,6 +109,13 @@ def test_run_turns_every_live_knob_and_records_it(tmp_path: Path, tiny: dict[str
             e["event"] == "placed" and e["worker"] == "inference" for e in read_jsonl(out / "events.jsonl")
         )
 
+    telemetry = read_csv_rows(out / "telemetry.csv")
+    reported = [t for t in telemetry if t["queue_depth"] != ""]
+    # a stats message every 0.5 s over 4 s: some control ticks carry the service's own figures
+    assert reported and all(int(t["queue_depth"]) >= 0 for t in reported)
+    assert any(float(t["arrival_rate_per_s"]) > 0 for t in reported)
+    assert len(reported) < len(telemetry)  # a 0.1 s tick without a message stays blank, not repeated
+
     recheck = run_cli("summary", str(out), "--check")
     assert recheck.returncode == 0, recheck.stderr
 

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cotrain import cli
-from cotrain.report import headline, knob_panels, platform_note, run_labels, write_report
+from cotrain.records import read_csv_rows
+from cotrain.report import cdf_curves, headline, knob_panels, platform_note, run_labels, write_report
 from cotrain.runread import read_run
 
 RECORDED = Path(__file__).parent / "data" / "recorded-run"
@@ -160,3 +162,66 @@ def test_labels_are_unique_when_directories_share_a_name(tmp_path: Path) -> None
     a, b = tmp_path / "x" / "run", tmp_path / "y" / "run"
     assert run_labels([a, b]) == ["x-run", "y-run"]
     assert run_labels([RECORDED]) == ["recorded-run"]
+
+
+def two_service_run(tmp_path: Path) -> Path:
+    """The recorded run re-laid as two services: `fast` (priority 2, the recorded SLO of 200 ms)
+    and `bulk` (priority 1, SLO 50 ms, and every fourth request shed)."""
+    run = copy_run(tmp_path, "two")
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    inference = config["workloads"].pop("inference")
+    config["workloads"]["services"] = [
+        {**inference, "name": "bulk", "priority": 1, "slo_ms": 50},
+        {**inference, "name": "fast", "priority": 2},
+    ]
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    lines = (run / "requests.csv").read_text(encoding="utf-8").splitlines()
+    for name in ("fast", "bulk"):
+        (run / "services" / name).mkdir(parents=True)
+        rows = lines
+        if name == "bulk":
+            rows = [lines[0]]
+            for i, line in enumerate(lines[1:]):
+                f = line.split(",")
+                rows.append(
+                    ",".join([*f[:2], "", "", "", "", "", "", "shed", "queue full"]) if i % 4 == 3 else line
+                )
+        (run / "services" / name / "requests.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (run / "requests.csv").unlink()
+    return run
+
+
+def test_the_latency_cdf_has_a_curve_for_every_service(tmp_path: Path) -> None:
+    run = two_service_run(tmp_path)
+    served = [r for r in read_csv_rows(RECORDED / "requests.csv") if r["outcome"] == "served"]
+
+    curves = cdf_curves([("two", read_run(run)), ("one", read_run(RECORDED))])
+
+    assert [c.label for c in curves] == ["two: fast (SLO 200 ms)", "two: bulk (SLO 50 ms)", "one"]
+    fast, bulk, one = curves
+    assert fast.attainment == pytest.approx(SUMMARY["inference"]["slo_attainment"])
+    within_50 = sum(1 for i, r in enumerate(served) if i % 4 != 3 and float(r["latency_ms"]) <= 50)
+    assert bulk.attainment == pytest.approx(within_50 / len(served))
+    assert bulk.fraction[-1] == pytest.approx(1 - len(served[3::4]) / len(served))  # shed: never served
+    assert one.fraction[-1] == pytest.approx(1.0)
+    written = write_report([run], tmp_path / "out", show_progress=False)
+    assert (tmp_path / "out" / "latency-cdf.png") in written
+
+
+def test_the_load_plot_is_written_with_or_without_the_reported_queue(tmp_path: Path) -> None:
+    run = copy_run(tmp_path, "reported")
+    lines = (run / "telemetry.csv").read_text(encoding="utf-8").splitlines()
+    rows = [lines[0] + ",queue_depth,arrival_rate_per_s"] + [
+        f"{line},{i % 3},20.0" for i, line in enumerate(lines[1:])
+    ]
+    (run / "telemetry.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    records = read_run(run)
+    assert [t.queue_depth for t in records.telemetry][:4] == [0, 1, 2, 0]
+    assert all(t.arrival_rate_per_s == 20.0 for t in records.telemetry)
+    assert all(t.queue_depth is None for t in read_run(RECORDED).telemetry)  # an older run's file
+    for source in (run, RECORDED):
+        out = tmp_path / f"out-{source.name}"
+        written = write_report([source], out, show_progress=False)
+        assert (out / "load.png") in written and (out / "load.png").read_bytes()[:8] == PNG_MAGIC
+        assert "](load.png)" in written[0].read_text(encoding="utf-8")
