@@ -317,20 +317,22 @@ def plot_load(records: RunRecords, label: str, path: Path) -> Path:
             label="arrival rate the service reported, per control period",
         )
     rates.set_ylim(bottom=0)
-    rates.legend(loc="lower right", fontsize="x-small", ncols=2)
     times, depths = queue_depths(requests, t0)
     if times.size:
-        queue.step(times, depths, where="post", color="tab:gray", lw=0.8, label="rebuilt at each arrival")
+        queue.step(times, depths, where="post", color="tab:gray", lw=0.8, label="queue, rebuilt per arrival")
     depths_reported = [(t.t_s, t.queue_depth) for t in records.telemetry if t.queue_depth is not None]
     if depths_reported:
         xs, ys = zip(*depths_reported, strict=True)
-        queue.plot(xs, ys, "o", color="tab:purple", markersize=3, label="reported by the service")
+        queue.plot(xs, ys, "o", color="tab:purple", markersize=3, label="queue, reported by the service")
     if not times.size and not depths_reported:
         _no_data(queue, "no request reached a batch")
     else:
         highest = max([0, *depths.tolist(), *(d for _, d in depths_reported)])
-        queue.set_ylim(0, highest * 1.35 + 1)  # headroom for the legend
-        queue.legend(loc="upper right", fontsize="x-small", ncols=2)
+        queue.set_ylim(0, highest * 1.05 + 1)
+    # below the panels: a legend inside would hide the very steps a rate change makes
+    handles = [h for ax in (rates, queue) for h in ax.get_legend_handles_labels()[0]]
+    labels = [label for ax in (rates, queue) for label in ax.get_legend_handles_labels()[1]]
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small", frameon=False)
     fig.savefig(path)
     return path
 
