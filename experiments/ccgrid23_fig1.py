@@ -26,7 +26,7 @@ shared core's service capacity c(b) = b/e(b) at b = 1 and b = 4 (one short satur
 DIR/runs/calibrate-b1 and -b4) and runs the sweep at λ = c(1) + (c(4) - c(1))/2, midway: b = 1
 unstable and b = 4 stable, each by the same margin. If c(4) is not more than 15 % above c(1) the
 regime does not exist on this machine and the command stops (exit 1). `--rate R` runs at R
-req/s with no calibration; `--rate 30` is the fixed rate of the 2026-12-01 runs.
+req/s with no calibration; `--rate 30` is the fixed rate of the first 2026-12-01 session's runs.
 
     .venv/bin/python experiments/ccgrid23_fig1.py [--platform real|sim|both] [--out DIR] [--duration S]
         [--repeats N] [--batches 1,2,4,8,16] [--rate auto|R]
@@ -958,7 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="auto|R",
         help="real sweep's arrival rate: auto (default) calibrates it midway between the measured b=1 and "
-        "b=4 capacities (under 1 min more); R fixes it at R req/s (30: the 2026-12-01 rate)",
+        "b=4 capacities (under 1 min more); R fixes it at R req/s (30: the first 2026-12-01 session's)",
     )
     args = parser.parse_args(argv)
     if len(set(args.batches)) != len(args.batches):
