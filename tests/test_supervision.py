@@ -268,9 +268,14 @@ def test_a_second_sigint_forces_the_exit_and_still_accounts_and_restores(
 @pytest.mark.slow
 def test_overload_sheds_counts_and_recovers_without_a_death(tmp_path: Path, tiny: dict[str, Any]) -> None:
     """Far beyond capacity for 8 s: the bounded queue and drop-late shed, and nothing dies; after
-    the load drops, admitted requests meet the SLO again."""
+    the load drops, admitted requests meet the SLO again.
+
+    "Far beyond" must hold on any machine CI lands on: at the tiny 32-pixel images one core
+    serves ~1,250 req/s (2026-12-01), so 2,000 req/s was barely an overload. At 224 pixels the
+    same core serves ~300 req/s, and 2,000 req/s stays over twice capacity on a machine 3x faster."""
     tiny["duration_s"] = 22
     inference = tiny["workloads"]["inference"]
+    inference["dataset"]["image_size"] = 224
     inference["arrivals"] = {
         "process": "schedule",
         "seed": 2,
@@ -292,7 +297,7 @@ def test_overload_sheds_counts_and_recovers_without_a_death(tmp_path: Path, tiny
     t0 = min(float(r["arrival_s"]) for r in rows)
     overload = [r for r in rows if 4 <= float(r["arrival_s"]) - t0 < 12]
     assert sum(r["outcome"] == "shed" for r in overload) > len(overload) / 2, (
-        "2000 req/s is far beyond capacity"
+        "2000 req/s is far beyond capacity: most of the overload is shed"
     )
     after = [r for r in rows if float(r["arrival_s"]) - t0 >= 16 and r["outcome"] == "served"]
     assert after, "the service kept serving after the overload"
