@@ -29,6 +29,7 @@ from cotrain.runread import (
     Decision,
     JobSpec,
     LatencyWindow,
+    QueueReport,
     RequestColumns,
     RequestRow,
     RunReader,
@@ -79,8 +80,8 @@ class ServiceView:
     chart_bin_s: float
     queue_max: int | None  # most requests waiting in the window, recorded or rebuilt from requests
     queue_mean: float | None  # rebuilt from requests.csv (see runread.queue_depths)
-    queue_now: int | None  # as the service last reported it (telemetry.csv; primary service only)
-    arrival_per_s: float | None  # offered load over the window, as reported (primary service only)
+    queue_now: int | None  # as the service last reported it (telemetry.csv or its queue.csv)
+    arrival_per_s: float | None  # offered load over the window, as the service reported it
     max_batch_size: int | None
     max_queue_delay_ms: float | None
     variant: str | None
@@ -205,7 +206,7 @@ def build_frame(
                 spec.max_batch_size,
                 spec.max_queue_delay_ms,
                 sum(1 for e in events if e.get("event") == "model_swapped" and _worker_is(e, spec.name)),
-                reported=telemetry if spec.name == primary_name else (),
+                reported=[q for q in records.reported_queue(spec.name) if q.t_s <= until],
             )
         )
     jobs = [
@@ -266,9 +267,9 @@ def _service_view(
     config_delay_ms: float | None,
     swaps: int,
     *,
-    reported: Sequence[TelemetryRow] = (),
+    reported: Sequence[QueueReport] = (),
 ) -> ServiceView:
-    """`reported`: telemetry rows so far, whose queue depth and arrival rate are this service's."""
+    """`reported`: the service's own queue depth and arrival rate, tick by tick, so far."""
     start = max(0.0, now - window_s)
     if t0 is None:
         empty = latency_window(RequestColumns.from_rows([]), 0.0, slo_ms, start, now)

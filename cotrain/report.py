@@ -309,7 +309,8 @@ def plot_load(records: RunRecords, label: str, path: Path) -> Path:
             continue
         counts, _ = np.histogram(at - t0, bins=edges)
         rates.stairs(counts / bin_s, edges, baseline=None, color=color, label=f"{name}, per {bin_s:g} s")
-    reported = [(t.t_s, t.arrival_rate_per_s) for t in records.telemetry if t.arrival_rate_per_s is not None]
+    own = records.reported_queue(primary.name)
+    reported = [(q.t_s, q.arrival_rate_per_s) for q in own if q.arrival_rate_per_s is not None]
     if reported:
         xs, ys = zip(*reported, strict=True)
         rates.plot(
@@ -330,7 +331,7 @@ def plot_load(records: RunRecords, label: str, path: Path) -> Path:
         np.fmax.at(most, index[inside], depths[inside].astype(float))
         label = f"queue, most per {bin_s:g} s (rebuilt)"
         queue.stairs(most, edges, baseline=None, color="tab:gray", label=label)
-    depths_reported = [(t.t_s, t.queue_depth) for t in records.telemetry if t.queue_depth is not None]
+    depths_reported = [(q.t_s, q.queue_depth) for q in own if q.queue_depth is not None]
     if depths_reported:
         xs, ys = zip(*depths_reported, strict=True)
         queue.plot(xs, ys, "o", color="tab:purple", markersize=3, label="queue, reported by the service")

@@ -40,6 +40,11 @@ class RunDir:
         """With several inference services, each keeps its records (and ladder files) in its own folder."""
         return self.path / "services" / service / "requests.csv"
 
+    def service_queue_csv(self, service: str) -> Path:
+        """With several inference services, each one's queue depth and arrival rate as it reported
+        them, once per control tick (a single service has them in telemetry.csv)."""
+        return self.path / "services" / service / "queue.csv"
+
     def train_csv(self, job: str) -> Path:
         return self.path / f"train-{job}.csv"
 

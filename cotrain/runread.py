@@ -157,6 +157,16 @@ class TelemetryRow:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueReport:
+    """A service's own count of its queue and its arrival rate, as it reported them in one control
+    tick (a row of services/<name>/queue.csv, or the last two columns of telemetry.csv)."""
+
+    t_s: float
+    queue_depth: int | None
+    arrival_rate_per_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """One line of decisions.jsonl: what the controller applied, and why."""
 
@@ -178,6 +188,7 @@ class ServiceSpec:
     max_batch_size: int | None
     max_queue_delay_ms: float | None
     requests_csv: str  # relative to the run directory
+    queue_csv: str | None = None  # relative; only with several services (one has telemetry.csv)
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,7 @@ class RunRecords:
     stop_s: float | None  # run_stopped, since t0
     status: str  # loading | running | completed | failed | interrupted
     request_columns: Mapping[str, RequestColumns] = field(default_factory=dict)  # kept by RunReader
+    queues: Mapping[str, Sequence[QueueReport]] = field(default_factory=dict)  # service -> queue.csv rows
 
     def columns(self, service: str) -> RequestColumns:
         """The service's requests as columns (built here if the reader did not keep them)."""
@@ -213,6 +225,22 @@ class RunRecords:
         if cached is not None and len(cached) == len(rows):
             return cached
         return RequestColumns.from_rows(rows)
+
+    def reported_queue(self, service: str) -> list[QueueReport]:
+        """What the service itself reported of its queue and arrivals, tick by tick: its own
+        queue.csv with several services; telemetry.csv's columns for the controller's service
+        otherwise. Empty for runs recorded before either existed."""
+        own = self.queues.get(service)
+        if own:
+            return list(own)
+        primary = self.primary()
+        if primary is None or primary.name != service:
+            return []
+        return [
+            QueueReport(t.t_s, t.queue_depth, t.arrival_rate_per_s)
+            for t in self.telemetry
+            if t.queue_depth is not None or t.arrival_rate_per_s is not None
+        ]
 
     @property
     def name(self) -> str:
@@ -262,8 +290,9 @@ def services_of(config: Mapping[str, Any]) -> list[ServiceSpec]:
     specs: list[ServiceSpec] = []
     for service in workloads.get("services") or []:
         if isinstance(service, dict) and service.get("name"):
+            folder = f"services/{service['name']}"
             specs.append(
-                _service_spec(str(service["name"]), service, f"services/{service['name']}/requests.csv")
+                _service_spec(str(service["name"]), service, f"{folder}/requests.csv", f"{folder}/queue.csv")
             )
     inference = workloads.get("inference")
     if not specs and isinstance(inference, dict):
@@ -271,7 +300,9 @@ def services_of(config: Mapping[str, Any]) -> list[ServiceSpec]:
     return specs
 
 
-def _service_spec(name: str, data: Mapping[str, Any], requests_csv: str) -> ServiceSpec:
+def _service_spec(
+    name: str, data: Mapping[str, Any], requests_csv: str, queue_csv: str | None = None
+) -> ServiceSpec:
     batching = data.get("batching") or {}
     return ServiceSpec(
         name=name,
@@ -280,6 +311,7 @@ def _service_spec(name: str, data: Mapping[str, Any], requests_csv: str) -> Serv
         max_batch_size=_int_or_none(batching.get("max_batch_size")),
         max_queue_delay_ms=_number(batching.get("max_queue_delay_ms")),
         requests_csv=requests_csv,
+        queue_csv=queue_csv,
     )
 
 
@@ -354,6 +386,14 @@ def telemetry_row(row: Mapping[str, str]) -> TelemetryRow:
         memory_used_mb=_number(row.get("memory_used_mb")),
         power_w=_number(row.get("power_w")),
         temperature_c=_number(row.get("temperature_c")),
+        queue_depth=_int_or_none(row.get("queue_depth")),
+        arrival_rate_per_s=_number(row.get("arrival_rate_per_s")),
+    )
+
+
+def queue_report(row: Mapping[str, str]) -> QueueReport:
+    return QueueReport(
+        t_s=_required(row["t_s"]),
         queue_depth=_int_or_none(row.get("queue_depth")),
         arrival_rate_per_s=_number(row.get("arrival_rate_per_s")),
     )
@@ -533,6 +573,7 @@ class RunReader:
         self._decisions = JsonlTail(self.run.decisions, decision)
         self._telemetry = CsvTail(self.run.telemetry_csv, telemetry_row)
         self._requests: dict[str, CsvTail[RequestRow]] = {}
+        self._queues: dict[str, CsvTail[QueueReport]] = {}
         self._columns: dict[str, tuple[int, int, RequestColumns]] = {}  # generation, rows, columns
         self._training: dict[str, CsvTail[TrainRow]] = {}
         self._continual: dict[str, CsvTail[dict[str, str]]] = {}
@@ -545,6 +586,8 @@ class RunReader:
         for spec in services_of(config or {}):
             if spec.name not in self._requests:
                 self._requests[spec.name] = CsvTail(path / spec.requests_csv, request_row)
+            if spec.queue_csv is not None and spec.name not in self._queues:
+                self._queues[spec.name] = CsvTail(path / spec.queue_csv, queue_report)
         jobs = [j.name for j in jobs_of(config or {})] + _train_jobs_on_disk(path)
         for job in jobs:
             if job not in self._training:
@@ -568,6 +611,7 @@ class RunReader:
             stop_s=stop_s,
             status=status,
             request_columns={name: self._columns_of(name, rows) for name, rows in requests.items()},
+            queues={name: list(tail.read()) for name, tail in self._queues.items()},
         )
 
     def _columns_of(self, name: str, rows: list[RequestRow]) -> RequestColumns:

@@ -54,7 +54,7 @@ from cotrain.messages import (
     TrainingStats,
     WorkerFailed,
 )
-from cotrain.observe import build_observation
+from cotrain.observe import build_observation, inference_window
 from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, TelemetrySample, by_capability
 from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
 from cotrain.rundir import RunDir
@@ -78,6 +78,9 @@ TELEMETRY_COLUMNS = (
     "queue_depth",
     "arrival_rate_per_s",
 )
+# services/<name>/queue.csv, with several services: each one's own count, as telemetry.csv's
+# last two columns hold the controller's service's
+QUEUE_COLUMNS = ("t_s", "queue_depth", "arrival_rate_per_s")
 
 
 def train_worker(job: str) -> str:
@@ -241,6 +244,8 @@ class Runtime:
         self._events: JsonlAppender | None = None
         self._decisions: JsonlAppender | None = None
         self._telemetry: CsvAppender | None = None
+        self._queues: dict[str, CsvAppender] = {}  # worker -> its queue.csv (several services only)
+        self._service_stats: dict[str, list[InferenceStats]] = {}  # worker -> this tick's messages
         self._t0_ns: int | None = None
         self._stop_reason: str | None = None
         self._signals = 0
@@ -320,6 +325,8 @@ class Runtime:
         if isinstance(report, InferenceStats):
             if worker == self.primary:  # the others are governed by priorities, not the controller
                 self._inference_stats.append(report)
+            if worker in self._queues:
+                self._service_stats.setdefault(worker, []).append(report)
         elif isinstance(report, TrainingStats):
             self._training_stats[worker.removeprefix("train:")].append(report)
         elif isinstance(report, Applied):
@@ -571,6 +578,7 @@ class Runtime:
             inference_fresh=bool(self._inference_stats),
         )
         self._write_telemetry(now_s, sample, obs.inference if obs.inference_fresh else None)
+        self._write_queues(now_s, window_s)
         if self._inference_stats:  # a tick without a stats message keeps the last window's view
             self._last_inference_stats = self._inference_stats
         self._inference_stats = []
@@ -605,6 +613,18 @@ class Runtime:
                 )
             ]
         )
+
+    def _write_queues(self, t_s: float, window_s: float) -> None:
+        """With several services, one queue.csv row per service per tick, from its own stats
+        messages: the controller acts on one service, but the dashboard and report show all."""
+        for worker, appender in self._queues.items():
+            stats = self._service_stats.pop(worker, [])
+            if not stats:
+                appender.write_rows([(f"{t_s:.3f}", "", "")])
+                continue
+            service = self.services[self._slot(worker)]
+            window = inference_window(stats, window_s, service.config.slo_ms)
+            appender.write_rows([(f"{t_s:.3f}", str(window.queue_depth), f"{window.arrival_rate_per_s:.3f}")])
 
     def _decide_record(self, t_s: float, action: Action) -> None:
         if self._decisions is not None:
@@ -757,6 +777,11 @@ class Runtime:
         self._events = JsonlAppender(run_dir.events)
         self._decisions = JsonlAppender(run_dir.decisions)
         self._telemetry = CsvAppender(run_dir.telemetry_csv, TELEMETRY_COLUMNS)
+        if len(self.services) > 1:
+            for service in self.services:
+                path = run_dir.service_queue_csv(service.name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._queues[service.worker] = CsvAppender(path, QUEUE_COLUMNS)
         error: BaseException | None = None
         self.event(
             "run_created", pid=os.getpid(), platform=self.platform.describe(), knobs=_knobs_record(self.knobs)
@@ -809,6 +834,8 @@ class Runtime:
             for appender in (self._events, self._decisions, self._telemetry):
                 if appender is not None:
                     appender.close()
+            for queue in self._queues.values():
+                queue.close()
             self.supervisor.close()
         summary = compute_summary(run_dir.path)
         write_json_atomic(run_dir.summary, summary)

@@ -309,6 +309,66 @@ def test_several_services_each_get_a_line(tmp_path: Path) -> None:
     assert len(text.rstrip("\n").split("\n")) <= 24
 
 
+def test_each_service_shows_the_queue_it_reported_in_its_own_queue_csv(tmp_path: Path) -> None:
+    """With several services the runtime writes services/<name>/queue.csv for each; the frame
+    and RunRecords.reported_queue take each service's own, never another's (nor telemetry's)."""
+    run = copy_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    single = config["workloads"].pop("inference")
+    config["workloads"]["services"] = [
+        {**single, "name": "analytics", "priority": 0},
+        {**single, "name": "camera", "priority": 10},
+    ]
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    last_s = float((run / "telemetry.csv").read_text(encoding="utf-8").splitlines()[-1].split(",")[0])
+    with_reported_queue(run, {0: 99}, rate_per_s=1.0)  # telemetry's, which no service may take
+    for name, depth, rate in (("analytics", 17, 40.0), ("camera", 2, 12.5)):
+        (run / "services" / name).mkdir(parents=True)
+        shutil.copy(run / "requests.csv", run / "services" / name / "requests.csv")
+        (run / "services" / name / "queue.csv").write_text(
+            "t_s,queue_depth,arrival_rate_per_s\n"
+            f"{last_s - 1:.3f},{depth + 5},{rate}\n{last_s - 0.5:.3f},,\n{last_s:.3f},{depth},{rate}\n",
+            encoding="utf-8",
+        )
+
+    records = read_run(run)
+    frame = build_frame(records)
+
+    assert [(q.queue_depth, q.arrival_rate_per_s) for q in records.reported_queue("analytics")] == [
+        (22, 40.0),
+        (None, None),
+        (17, 40.0),
+    ]
+    views = {s.name: s for s in frame.services}
+    assert (views["analytics"].queue_now, views["analytics"].arrival_per_s) == (17, pytest.approx(40.0))
+    assert views["analytics"].queue_max is not None and views["analytics"].queue_max >= 22
+    assert (views["camera"].queue_now, views["camera"].arrival_per_s) == (2, pytest.approx(12.5))
+    assert all(v.queue_max is not None and v.queue_max < 99 for v in views.values()), "not telemetry's"
+    assert records.reported_queue("nobody") == []
+
+
+def test_without_queue_csv_only_the_controllers_service_has_a_reported_queue(tmp_path: Path) -> None:
+    """Runs recorded before queue.csv existed: telemetry's columns belong to the primary alone."""
+    run = copy_run(tmp_path)
+    last = len((run / "telemetry.csv").read_text(encoding="utf-8").splitlines()) - 2
+    with_reported_queue(run, {last: 7}, rate_per_s=3.0)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    single = config["workloads"].pop("inference")
+    config["workloads"]["services"] = [
+        {**single, "name": "analytics", "priority": 0},
+        {**single, "name": "camera", "priority": 10},
+    ]
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    for name in ("analytics", "camera"):
+        (run / "services" / name).mkdir(parents=True)
+        shutil.copy(run / "requests.csv", run / "services" / name / "requests.csv")
+
+    views = {s.name: s for s in build_frame(read_run(run)).services}
+
+    assert views["camera"].queue_now == 7
+    assert views["analytics"].queue_now is None and views["analytics"].arrival_per_s is None
+
+
 def test_bars_over_the_slo_are_red_and_the_slo_row_is_dashed() -> None:
     service = build_frame(read_run(RECORDED), chart_bars=20).services[0]
     over = replace(service.chart[0], p99_ms=350.0)  # one bar 1.75 x over the 200 ms SLO

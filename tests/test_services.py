@@ -112,6 +112,13 @@ def test_two_services_run_side_by_side_with_their_own_records_and_summaries(tmp_
         assert sorted(int(r["request_id"]) for r in rows) == list(range(len(rows)))
     assert summary["services"]["low"]["min_throughput_per_s"] == 5.0
     assert summary["services"]["low"]["floor_met"] is not None
+    for name in ("low", "high"):  # each service's own queue and arrival rate, once per tick
+        queue = read_csv_rows(out / "services" / name / "queue.csv")
+        reported = [r for r in queue if r["queue_depth"] != ""]
+        assert len(queue) >= 4 and reported, "a row per control tick (0.5 s over 4 s)"
+        assert all(int(r["queue_depth"]) >= 0 for r in reported)
+        assert any(float(r["arrival_rate_per_s"]) > 0 for r in reported)
+        assert all((r["queue_depth"] == "") == (r["arrival_rate_per_s"] == "") for r in queue)
     processes = json.loads((out / "processes.json").read_text())
     assert {"inference:low", "inference:high"} <= set(processes)
     assert not (out / "requests.csv").exists()
