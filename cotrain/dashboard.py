@@ -565,14 +565,22 @@ def _service_lines(s: ServiceView, frame: Frame, width: int) -> list[Text]:
     return [line1, line2, line3]
 
 
-def _other_service_line(s: ServiceView) -> Text:
+def _other_service_line(s: ServiceView, width: int) -> Text:
+    """One line per further service: its latency always, then as much as fits, the queue first
+    (it says whether the service is falling behind), then its rate and batch limit."""
     recent = s.recent
     line = Text(f" {s.name} (prio {s.priority}, SLO {s.slo_ms:g} ms): ")
     line.append(f"p99 {_ms(recent.p99_ms)} ms  attain ")
     line.append(_pct(recent.attainment), _attainment_style(recent.attainment))
-    line.append(f"  {recent.served_per_s:.1f} req/s  batch ≤{s.max_batch_size or '-'}")
-    if s.queue_max is not None:
-        line.append(f"  queue max {s.queue_max}")
+    optional = []
+    if s.queue_now is not None:
+        optional.append(f"  queue {s.queue_now}" + (f" max {s.queue_max}" if s.queue_max is not None else ""))
+    elif s.queue_max is not None:
+        optional.append(f"  queue max {s.queue_max}")
+    optional += [f"  {recent.served_per_s:.1f} req/s", f"  batch ≤{s.max_batch_size or '-'}"]
+    for part in optional:
+        if len(line.plain) + len(part) <= width:
+            line.append(part)
     return line
 
 
@@ -682,7 +690,7 @@ def render_lines(frame: Frame, width: int, height: int, footer: str = "") -> lis
         lines += _service_lines(primary, frame, width)
         if chart_rows:
             lines += latency_chart(primary, width, chart_rows)
-        lines += [_other_service_line(s) for s in others]
+        lines += [_other_service_line(s, width) for s in others]
     if frame.jobs:
         lines.append(_rule("training", width))
         lines += [_job_line(j, width) for j in frame.jobs]

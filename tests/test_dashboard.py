@@ -345,6 +345,10 @@ def test_each_service_shows_the_queue_it_reported_in_its_own_queue_csv(tmp_path:
     assert (views["camera"].queue_now, views["camera"].arrival_per_s) == (2, pytest.approx(12.5))
     assert all(v.queue_max is not None and v.queue_max < 99 for v in views.values()), "not telemetry's"
     assert records.reported_queue("nobody") == []
+    text = frame_text(frame, 80, 24)
+    assert "queue 2 max" in text  # camera, the controller's
+    analytics = next(line for line in text.splitlines() if line.startswith(" analytics"))
+    assert "queue 17 max" in analytics
 
 
 def test_without_queue_csv_only_the_controllers_service_has_a_reported_queue(tmp_path: Path) -> None:
