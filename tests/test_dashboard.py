@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -287,18 +288,23 @@ def test_failures_swaps_and_publications_are_shown(tmp_path: Path) -> None:
     assert failed.severity == "bad" and "CUDA out of memory" in failed.text
 
 
-def test_several_services_each_get_a_line(tmp_path: Path) -> None:
-    run = copy_run(tmp_path)
+def split_into_services(run: Path, services: dict[str, dict[str, Any]]) -> None:
+    """Turn the recorded single-service run into one with `services` (name -> config overrides),
+    each with a copy of its requests.csv: the same records, laid out as several services'."""
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     single = config["workloads"].pop("inference")
-    config["workloads"]["services"] = [
-        {**single, "name": "analytics", "priority": 0, "slo_ms": 500.0},
-        {**single, "name": "camera", "priority": 10, "slo_ms": 100.0},
-    ]
+    config["workloads"]["services"] = [{**single, "name": name, **extra} for name, extra in services.items()]
     (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    for name in ("analytics", "camera"):
+    for name in services:
         (run / "services" / name).mkdir(parents=True)
         shutil.copy(run / "requests.csv", run / "services" / name / "requests.csv")
+
+
+def test_several_services_each_get_a_line(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    split_into_services(
+        run, {"analytics": {"priority": 0, "slo_ms": 500.0}, "camera": {"priority": 10, "slo_ms": 100.0}}
+    )
 
     frame = build_frame(read_run(run), chart_bars=72)
     text = frame_text(frame, 80, 24)
@@ -313,18 +319,10 @@ def test_each_service_shows_the_queue_it_reported_in_its_own_queue_csv(tmp_path:
     """With several services the runtime writes services/<name>/queue.csv for each; the frame
     and RunRecords.reported_queue take each service's own, never another's (nor telemetry's)."""
     run = copy_run(tmp_path)
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    single = config["workloads"].pop("inference")
-    config["workloads"]["services"] = [
-        {**single, "name": "analytics", "priority": 0},
-        {**single, "name": "camera", "priority": 10},
-    ]
-    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    split_into_services(run, {"analytics": {"priority": 0}, "camera": {"priority": 10}})
     last_s = float((run / "telemetry.csv").read_text(encoding="utf-8").splitlines()[-1].split(",")[0])
     with_reported_queue(run, {0: 99}, rate_per_s=1.0)  # telemetry's, which no service may take
     for name, depth, rate in (("analytics", 17, 40.0), ("camera", 2, 12.5)):
-        (run / "services" / name).mkdir(parents=True)
-        shutil.copy(run / "requests.csv", run / "services" / name / "requests.csv")
         (run / "services" / name / "queue.csv").write_text(
             "t_s,queue_depth,arrival_rate_per_s\n"
             f"{last_s - 1:.3f},{depth + 5},{rate}\n{last_s - 0.5:.3f},,\n{last_s:.3f},{depth},{rate}\n",
@@ -356,16 +354,7 @@ def test_without_queue_csv_only_the_controllers_service_has_a_reported_queue(tmp
     run = copy_run(tmp_path)
     last = len((run / "telemetry.csv").read_text(encoding="utf-8").splitlines()) - 2
     with_reported_queue(run, {last: 7}, rate_per_s=3.0)
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    single = config["workloads"].pop("inference")
-    config["workloads"]["services"] = [
-        {**single, "name": "analytics", "priority": 0},
-        {**single, "name": "camera", "priority": 10},
-    ]
-    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    for name in ("analytics", "camera"):
-        (run / "services" / name).mkdir(parents=True)
-        shutil.copy(run / "requests.csv", run / "services" / name / "requests.csv")
+    split_into_services(run, {"analytics": {"priority": 0}, "camera": {"priority": 10}})
 
     views = {s.name: s for s in build_frame(read_run(run)).services}
 
