@@ -22,19 +22,20 @@ Two platforms, one command:
 The rate λ (--rate auto|R, default auto). The finding needs λ where small batches cannot keep up
 and larger ones can, and where that is depends on how fast the machine is that day (the same
 machine type has run 3-4x faster from one session to the next). So `auto` first measures the
-shared core's service capacity c(b) = b/e(b) at b = 1 and b = 4 (one short saturated run each,
-DIR/runs/calibrate-b1 and -b4) and runs the sweep at λ = c(1) + (c(4) - c(1))/2, midway: b = 1
-unstable and b = 4 stable, each by the same margin. If c(4) is not more than 15 % above c(1) the
+shared core's service capacity c(b) = b/e(b) at b = 1 and b = 4 (the median of K short saturated
+runs each, interleaved, --calibration-repeats K, default 3: DIR/runs/calibrate-b1 and -b4, then
+calibrate-b1-r2, ...) and runs the sweep at λ = c(1) + (c(4) - c(1))/2, midway: b = 1 unstable
+and b = 4 stable, each by the same margin. If c(4) is not more than 15 % above c(1) the
 regime does not exist on this machine and the command stops (exit 1). `--rate R` runs at R
 req/s with no calibration; `--rate 30` is the fixed rate of the first 2026-12-01 session's runs.
 
     .venv/bin/python experiments/ccgrid23_fig1.py [--platform real|sim|both] [--out DIR] [--duration S]
-        [--repeats N] [--batches 1,2,4,8,16] [--rate auto|R]
+        [--repeats N] [--batches 1,2,4,8,16] [--rate auto|R] [--calibration-repeats K]
 
 Writes DIR/fig1.json, DIR/fig1-real.png and/or DIR/fig1-sim.png (and DIR/calibration-sim.txt),
 and prints the tables. The real runs land in DIR/runs/b{b}-r{k} (k = 1..N); fig1.json's `real`
 keeps the median rows in `rows`, every run in `runs` and how λ was chosen in `rate_choice`. The
-real sweep takes about N x 3.5 min, plus under 1 min for `auto`'s calibration.
+real sweep takes about N x 3.5 min, plus about K x 40 s for `auto`'s calibration.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ STOPPED_REASON = "stopped before dispatch"  # what the service records for reque
 CALIBRATION_BATCHES = (1, 4)  # λ goes between these two capacities: b=1 unstable, b=4 stable
 CALIBRATION_RATE_PER_S = 400.0  # far above both capacities (measured: 20 and 36 req/s, later 39 and 140)
 CALIBRATION_DURATION_S = 10.0  # 8 s of steady service after SETTLE_S; about 17 s of wall per run
+DEFAULT_CALIBRATION_REPEATS = 3  # λ from one run per batch size moved with that run's noise
 MIN_CALIBRATION_BATCHES = 5  # fewer batches in the steady span than this measure nothing
 MIN_CAPACITY_GAIN = 1.15  # c(4)/c(1) at or below this leaves no margin on either side of λ
 
@@ -308,16 +310,22 @@ class RateChoice:
 
     @property
     def capacity_per_s(self) -> dict[int, float]:
-        """Capacity per batch size, from the last run of each (a retry replaces the first)."""
-        return {c.batch: c.capacity_per_s for c in self.calibration}
+        """Capacity per batch size: the median over its calibration runs (one per repeat; a retry
+        that saturated replaces the run that did not)."""
+        batches = dict.fromkeys(c.batch for c in self.calibration)
+        return {
+            b: statistics.median(c.capacity_per_s for c in self.calibration if c.batch == b) for b in batches
+        }
 
     def describe(self) -> str:
         if self.mode == "fixed":
             return f"λ = {self.rate_per_s:g} req/s, fixed (--rate {self.rate_per_s:g})"
         c = self.capacity_per_s
+        runs = len(self.calibration) // max(1, len(c))
+        of = f" (medians of {runs} runs each)" if runs > 1 else ""
         return (
             f"λ = {self.rate_per_s:g} req/s, auto: midway between the measured b=1 and b=4 capacities "
-            f"{c[1]:.1f} and {c[4]:.1f} req/s"
+            f"{c[1]:.1f} and {c[4]:.1f} req/s{of}"
         )
 
     def json(self) -> dict[str, Any]:
@@ -337,8 +345,9 @@ class RateChoice:
         return data
 
 
-def calibration_run_dir(out: Path, batch: int) -> Path:
-    return out / "runs" / f"calibrate-b{batch}"
+def calibration_run_dir(out: Path, batch: int, repeat: int = 1) -> Path:
+    """The first repeat keeps the name it had before there were repeats (fig1.json lists it)."""
+    return out / "runs" / (f"calibrate-b{batch}" if repeat == 1 else f"calibrate-b{batch}-r{repeat}")
 
 
 def measure_capacity(
@@ -368,18 +377,26 @@ def calibrate_rate(
     bar: Progress,
     task: TaskID,
     duration_s: float = CALIBRATION_DURATION_S,
+    repeats: int = 1,
 ) -> RateChoice:
-    """λ for this machine today: the capacity at b = 1 and b = 4, each from one saturated run
-    (retried once at twice the rate if the first did not saturate), then choose_rate_per_s."""
+    """λ for this machine today: the capacity at b = 1 and b = 4, each the median of `repeats`
+    saturated runs, interleaved like the sweep (run_order), then choose_rate_per_s. A run that
+    did not saturate is retried once at twice the rate, and later repeats of that batch size
+    start at the rate that saturated."""
     runs: list[CalibrationRun] = []
-    for b in CALIBRATION_BATCHES:
-        rate = CALIBRATION_RATE_PER_S
+    rates = dict.fromkeys(CALIBRATION_BATCHES, CALIBRATION_RATE_PER_S)
+    for b, k in run_order(CALIBRATION_BATCHES, repeats):
+        rate = rates[b]
         for attempt in (1, 2):
-            bar.update(task, description=f"calibrating: batch {b} at {rate:g} req/s, {duration_s:g} s")
-            run = measure_capacity(base, b, rate, calibration_run_dir(out, b), duration_s)
+            bar.update(
+                task,
+                description=f"calibrating: batch {b}, run {k}/{repeats} at {rate:g} req/s, {duration_s:g} s",
+            )
+            run = measure_capacity(base, b, rate, calibration_run_dir(out, b, k), duration_s)
             bar.advance(task)
             bar.console.print(
-                f"  calibration batch {b} at {rate:g} req/s: capacity {run.capacity_per_s:.1f} req/s, "
+                f"  calibration batch {b} run {k}/{repeats} at {rate:g} req/s: "
+                f"capacity {run.capacity_per_s:.1f} req/s, "
                 f"backlog {run.backlog_at_stop} of {run.arrived} at stop "
                 f"({'saturated' if run.saturated else 'NOT saturated'}) ({run.run_wall_s:.0f} s)",
                 soft_wrap=True,
@@ -397,9 +414,11 @@ def calibrate_rate(
                 f"batch {b} did not saturate even at {rate:g} req/s (backlog {run.backlog_at_stop} at stop): "
                 "its capacity is not measurable this way; use --rate R"
             )
+        rates[b] = rate
         runs.append(run)
-    rate = choose_rate_per_s(runs[0].capacity_per_s, runs[1].capacity_per_s)
-    return RateChoice(rate_per_s=rate, mode="auto", calibration=tuple(runs))
+    chosen = RateChoice(rate_per_s=0.0, mode="auto", calibration=tuple(runs))
+    capacity = chosen.capacity_per_s
+    return replace(chosen, rate_per_s=choose_rate_per_s(capacity[1], capacity[4]))
 
 
 def _task_total(bar: Progress, task: TaskID) -> float | None:
@@ -923,7 +942,7 @@ def _rate_arg(text: str) -> float | None:
 
 
 def _positive_int(text: str) -> int:
-    """argparse type for --repeats: a median needs at least one run."""
+    """argparse type for --repeats and --calibration-repeats: a median needs at least one run."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
@@ -960,6 +979,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="real sweep's arrival rate: auto (default) calibrates it midway between the measured b=1 and "
         "b=4 capacities (under 1 min more); R fixes it at R req/s (30: the first 2026-12-01 session's)",
     )
+    parser.add_argument(
+        "--calibration-repeats",
+        type=_positive_int,
+        default=DEFAULT_CALIBRATION_REPEATS,
+        metavar="K",
+        help="with --rate auto: saturated runs per calibration batch size, interleaved; each capacity is "
+        f"their median (default {DEFAULT_CALIBRATION_REPEATS})",
+    )
     args = parser.parse_args(argv)
     if len(set(args.batches)) != len(args.batches):
         parser.error("--batches: each batch size once (use --repeats to run one several times)")
@@ -987,11 +1014,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.platform in ("real", "both"):
             base = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
             sweep = len(run_order(args.batches, args.repeats))
-            calibrating = len(CALIBRATION_BATCHES) if args.rate is None else 0
+            calibrating = len(CALIBRATION_BATCHES) * args.calibration_repeats if args.rate is None else 0
             task = bar.add_task("real", total=calibrating + sweep)
             try:
                 if args.rate is None:
-                    choice = calibrate_rate(base, out, bar, task)
+                    choice = calibrate_rate(base, out, bar, task, repeats=args.calibration_repeats)
                 else:
                     choice = RateChoice(rate_per_s=args.rate, mode="fixed")
                 bar.console.print(f"rate: {choice.describe()}", soft_wrap=True, markup=False)

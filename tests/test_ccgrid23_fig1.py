@@ -458,8 +458,8 @@ def test_auto_rate_calibrates_then_sweeps_at_the_midway_rate(
 ) -> None:
     # capacities 1/(23+2 ms) = 40 req/s at b=1 and 4/(30+2 ms) = 125 req/s at b=4: λ = 82.5
     monkeypatch.setattr(fig1, "run_with_cli", _fake_cotrain_run({1: 0.023, 4: 0.030}))
-    argv = ["--platform", "real", "--batches", "1,4", "--repeats", "1", "--out", str(tmp_path)]
-    assert fig1.main(argv) == 0
+    argv = ["--platform", "real", "--batches", "1,4", "--repeats", "1", "--calibration-repeats", "1"]
+    assert fig1.main([*argv, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     described = (
         "λ = 82.5 req/s, auto: midway between the measured b=1 and b=4 capacities 40.0 and 125.0 req/s"
@@ -476,6 +476,43 @@ def test_auto_rate_calibrates_then_sweeps_at_the_midway_rate(
     assert [(r["batch"], r["stable"]) for r in real["rows"]] == [(1, False), (4, True)]
     assert all(r["rate_per_s"] == 82.5 for r in real["runs"])  # the sweep ran at λ, not at 400 req/s
     assert described in real["setup"]
+
+
+def test_each_capacity_is_the_median_of_its_calibration_repeats_run_interleaved(
+    fig1: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One noisy calibration run must not move λ: b=1's three runs measure 40, 50 and 31.25 req/s
+    (batch + gap of 25, 20 and 32 ms); their median, 40, and b=4's 125 give λ = 82.5."""
+    calibration_exec_s = {1: iter([0.023, 0.018, 0.030]), 4: iter([0.030, 0.030, 0.030])}
+    order: list[str] = []
+
+    def run(data: dict[str, Any], out: Path, duration_s: float) -> None:
+        b = data["workloads"]["inference"]["batching"]["max_batch_size"]
+        exec_s = {1: 0.023, 4: 0.030}
+        if out.name.startswith("calibrate"):
+            order.append(out.name)
+            exec_s[b] = next(calibration_exec_s[b])
+        _fake_cotrain_run(exec_s)(data, out, duration_s)
+
+    monkeypatch.setattr(fig1, "run_with_cli", run)
+    argv = ["--platform", "real", "--batches", "1,4", "--repeats", "1", "--out", str(tmp_path)]
+    assert fig1.main(argv) == 0  # the default: 3 calibration repeats
+    assert order == [
+        "calibrate-b1",
+        "calibrate-b4",
+        "calibrate-b1-r2",
+        "calibrate-b4-r2",
+        "calibrate-b1-r3",
+        "calibrate-b4-r3",
+    ]
+    choice = json.loads((tmp_path / "fig1.json").read_text())["real"]["rate_choice"]
+    assert choice["capacity_per_s"] == pytest.approx({"1": 40.0, "4": 125.0}, rel=0.01)
+    assert [round(c["capacity_per_s"]) for c in choice["calibration"] if c["batch"] == 1] == [40, 50, 31]
+    assert choice["calibration_runs"] == [str(tmp_path / "runs" / name) for name in order]
+    assert "capacities 40.0 and 125.0 req/s (medians of 3 runs each)" in choice["description"]
+    assert json.loads((tmp_path / "fig1.json").read_text())["real"]["rate_per_s"] == 82.5
+    printed = capsys.readouterr()
+    assert "calibration batch 1 run 2/3" in printed.out + printed.err  # the progress console's line
 
 
 def test_fixed_rate_skips_the_calibration(
