@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cotrain import ccgrid23_real as real
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -43,9 +45,9 @@ def _requests(served: list[tuple[float, float]], queued_arrivals: list[float]) -
 TRAINING = {"mnv3": {"samples_per_s": 100.0, "steps_per_s": 3.125}}
 
 
-def test_fixed_batch_config_waits_for_full_batches_and_keeps_the_backlog(fig1: ModuleType) -> None:
+def test_fixed_batch_config_waits_for_full_batches_and_keeps_the_backlog() -> None:
     base = yaml.safe_load((REPO / "experiments" / "ccgrid23-fig1.yaml").read_text())
-    data = fig1.fixed_batch_config(base, 4)
+    data = real.fixed_batch_config(base, 4)
     service = data["workloads"]["inference"]
     assert service["batching"] == {"max_batch_size": 4, "max_queue_delay_ms": 60_000.0}
     assert service["admission"] == {"policy": "queue_full"}
@@ -57,27 +59,27 @@ def test_fixed_batch_config_waits_for_full_batches_and_keeps_the_backlog(fig1: M
     ExperimentConfig.model_validate(data)  # a config `cotrain run` accepts
 
 
-def test_queue_stable_allows_two_batches_and_a_second_of_arrivals(fig1: ModuleType) -> None:
-    assert fig1.queue_stable(16, 82, 50.0)
-    assert not fig1.queue_stable(16, 83, 50.0)
-    assert not fig1.queue_stable(1, 600, 50.0)
+def test_queue_stable_allows_two_batches_and_a_second_of_arrivals() -> None:
+    assert real.queue_stable(16, 82, 50.0)
+    assert not real.queue_stable(16, 83, 50.0)
+    assert not real.queue_stable(1, 600, 50.0)
 
 
-def test_latency_trend_is_flat_for_a_sawtooth_and_steep_for_a_growing_queue(fig1: ModuleType) -> None:
+def test_latency_trend_is_flat_for_a_sawtooth_and_steep_for_a_growing_queue() -> None:
     t = [i * 0.02 for i in range(1000)]  # 20 s at 50 req/s
     sawtooth = [300.0 - 20.0 * (i % 16) for i in range(1000)]
     growing = [50.0 + 500.0 * x for x in t]
-    flat = fig1.latency_trend_ms_per_s(t, sawtooth)
+    flat = real.latency_trend_ms_per_s(t, sawtooth)
     assert flat is not None and abs(flat) < 5.0
-    assert fig1.latency_trend_ms_per_s(t, growing) == pytest.approx(500.0)
-    assert fig1.latency_trend_ms_per_s([1.0], [2.0]) is None
+    assert real.latency_trend_ms_per_s(t, growing) == pytest.approx(500.0)
+    assert real.latency_trend_ms_per_s([1.0], [2.0]) is None
 
 
-def test_real_row_stable_batch(fig1: ModuleType) -> None:
+def test_real_row_stable_batch() -> None:
     # batch 4 at 50 req/s: 80 ms to fill, ~60 ms to run; 3 requests wait at stop
     served = [(100.0 + i * 0.02, 140.0 - 20.0 * (i % 4)) for i in range(996)]
     queued = [100.0 + i * 0.02 for i in range(996, 999)]
-    row = fig1.real_row(4, 50.0, _requests(served, queued), TRAINING, stop_s=100.0 + 999 * 0.02)
+    row = real.real_row(4, 50.0, _requests(served, queued), TRAINING, stop_s=100.0 + 999 * 0.02)
     assert row.stable and row.backlog_at_stop == 3 and row.served == 996 and row.arrived == 999
     assert row.latency_ms_max == 140.0 and row.peak_latency_ms == 140.0  # the queued waited < 140 ms
     assert row.accumulation_ms == 80.0 and row.implied_exec_ms == pytest.approx(60.0)
@@ -85,11 +87,11 @@ def test_real_row_stable_batch(fig1: ModuleType) -> None:
     assert abs(row.latency_trend_ms_per_s) < 1.0
 
 
-def test_real_row_unstable_batch_counts_the_oldest_wait_in_the_peak(fig1: ModuleType) -> None:
+def test_real_row_unstable_batch_counts_the_oldest_wait_in_the_peak() -> None:
     # batch 1 served at 25/s against 50/s arriving: latency climbs, half the requests still queue
     served = [(i * 0.02, 40.0 + 500.0 * i * 0.02) for i in range(500)]
     queued = [i * 0.02 for i in range(500, 1000)]
-    row = fig1.real_row(1, 50.0, _requests(served, queued), TRAINING, stop_s=20.0)
+    row = real.real_row(1, 50.0, _requests(served, queued), TRAINING, stop_s=20.0)
     assert not row.stable and row.backlog_at_stop == 500
     assert row.oldest_wait_at_stop_ms == pytest.approx(10_000.0)
     assert row.peak_latency_ms == pytest.approx(10_000.0)
@@ -97,22 +99,21 @@ def test_real_row_unstable_batch_counts_the_oldest_wait_in_the_peak(fig1: Module
     assert row.latency_trend_ms_per_s == pytest.approx(500.0)
 
 
-def test_near_the_edge_a_small_backlog_with_rising_latency_is_unstable(fig1: ModuleType) -> None:
+def test_near_the_edge_a_small_backlog_with_rising_latency_is_unstable() -> None:
     # batch 2 at 30 req/s: the backlog at stop is small, but latency climbs 40 ms/s all run long
     served = [(i / 30, 100.0 + 40.0 * i / 30) for i in range(590)]
     queued = [i / 30 for i in range(590, 600)]
-    row = fig1.real_row(2, 30.0, _requests(served, queued), TRAINING, stop_s=20.0)
-    assert fig1.queue_stable(2, row.backlog_at_stop, 30.0)
+    row = real.real_row(2, 30.0, _requests(served, queued), TRAINING, stop_s=20.0)
+    assert real.queue_stable(2, row.backlog_at_stop, 30.0)
     assert row.latency_trend_ms_per_s == pytest.approx(40.0)
     assert not row.stable
-    assert fig1.latency_rising(40.0, 18.0, 2, 30.0)
-    assert not fig1.latency_rising(5.0, 18.0, 2, 30.0)  # 90 ms of drift: under the 100 ms floor
-    assert not fig1.latency_rising(10.0, 18.0, 16, 30.0)  # 180 ms: under one tooth (533 ms)
-    assert not fig1.latency_rising(None, 18.0, 1, 30.0)
+    assert real.latency_rising(40.0, 18.0, 2, 30.0)
+    assert not real.latency_rising(5.0, 18.0, 2, 30.0)  # 90 ms of drift: under the 100 ms floor
+    assert not real.latency_rising(10.0, 18.0, 16, 30.0)  # 180 ms: under one tooth (533 ms)
+    assert not real.latency_rising(None, 18.0, 1, 30.0)
 
 
 def _row(
-    fig1: ModuleType,
     batch: int,
     stable: bool,
     peak_ms: float | None,
@@ -122,7 +123,7 @@ def _row(
     oldest_ms: float | None = None,
     run_dir: str = "",
 ) -> Any:
-    return fig1.RealRow(
+    return real.RealRow(
         batch=batch,
         rate_per_s=50.0,
         arrived=1000,
@@ -142,85 +143,85 @@ def _row(
     )
 
 
-def _repeated(fig1: ModuleType, batch: int, stable: bool, peak_ms: float, train: float) -> Any:
+def _repeated(batch: int, stable: bool, peak_ms: float, train: float) -> Any:
     """Three runs around (peak_ms, train): the middle one is the median."""
     runs = [
-        _row(fig1, batch, stable, peak_ms * f, train * f, run_dir=f"runs/b{batch}-r{k}")
+        _row(batch, stable, peak_ms * f, train * f, run_dir=f"runs/b{batch}-r{k}")
         for k, f in ((1, 1.0), (2, 0.8), (3, 1.25))
     ]
-    return fig1.combine_repeats(runs)
+    return real.combine_repeats(runs)
 
 
 def test_run_order_interleaves_the_repeats(fig1: ModuleType) -> None:
-    assert fig1.run_order([1, 4, 16], 2) == [(1, 1), (4, 1), (16, 1), (1, 2), (4, 2), (16, 2)]
-    assert fig1.run_order([8, 2], 1) == [(8, 1), (2, 1)]  # the order given, not sorted
+    assert real.run_order([1, 4, 16], 2) == [(1, 1), (4, 1), (16, 1), (1, 2), (4, 2), (16, 2)]
+    assert real.run_order([8, 2], 1) == [(8, 1), (2, 1)]  # the order given, not sorted
     with pytest.raises(ValueError):
-        fig1.run_order([1], 0)
+        real.run_order([1], 0)
     assert fig1.run_dir_for(Path("out"), 4, 1) == Path("out/runs/b4-r1")  # suffixed even for N = 1
 
 
-def test_median_row_odd_repeats_and_majority_stability(fig1: ModuleType) -> None:
+def test_median_row_odd_repeats_and_majority_stability() -> None:
     runs = [
-        _row(fig1, 4, True, 150.0, 90.0, backlog=3),
-        _row(fig1, 4, False, 900.0, 60.0, backlog=40),
-        _row(fig1, 4, True, 200.0, 100.0, backlog=5),
+        _row(4, True, 150.0, 90.0, backlog=3),
+        _row(4, False, 900.0, 60.0, backlog=40),
+        _row(4, True, 200.0, 100.0, backlog=5),
     ]
-    med = fig1.median_row(runs)
+    med = real.median_row(runs)
     assert med.batch == 4 and med.stable  # 2 of 3 stable
     assert med.peak_latency_ms == 200.0 and med.train_samples_per_s == 90.0
     assert med.backlog_at_stop == 5 and isinstance(med.backlog_at_stop, int)
     assert med.latency_ms_p99 == pytest.approx(180.0) and med.run_wall_s == 25.0
     assert med.run_dir == ""  # each run keeps its own
-    assert not fig1.median_row([runs[1], runs[1], runs[0]]).stable  # 1 of 3 stable
+    assert not real.median_row([runs[1], runs[1], runs[0]]).stable  # 1 of 3 stable
 
-    rr = fig1.combine_repeats(runs)
+    rr = real.combine_repeats(runs)
     assert rr.batch == 4 and rr.repeats == 3 and rr.stable_repeats == 2
     assert rr.runs == tuple(runs) and rr.median == med
     assert rr.peak_latency_ms_spread == (150.0, 900.0)
     assert rr.train_samples_per_s_spread == (60.0, 100.0)
 
 
-def test_median_row_even_repeats_average_the_middle_and_a_tie_is_unstable(fig1: ModuleType) -> None:
-    runs = [_row(fig1, 2, True, 100.0, 80.0, backlog=3), _row(fig1, 2, False, 301.0, 70.0, backlog=4)]
-    med = fig1.median_row(runs)
+def test_median_row_even_repeats_average_the_middle_and_a_tie_is_unstable() -> None:
+    runs = [_row(2, True, 100.0, 80.0, backlog=3), _row(2, False, 301.0, 70.0, backlog=4)]
+    med = real.median_row(runs)
     assert not med.stable  # 1 of 2 is not a majority
     assert med.peak_latency_ms == pytest.approx(200.5) and med.train_samples_per_s == pytest.approx(75.0)
     assert med.backlog_at_stop == pytest.approx(3.5)  # an even count of runs may land between two
     assert med.arrived == 1000 and isinstance(med.arrived, int)
-    four = [_row(fig1, 2, s, 100.0, 80.0) for s in (True, True, True, False)]
-    assert fig1.median_row(four).stable
+    four = [_row(2, s, 100.0, 80.0) for s in (True, True, True, False)]
+    assert real.median_row(four).stable
 
 
-def test_median_row_ignores_none_and_keeps_none_when_all_are_none(fig1: ModuleType) -> None:
+def test_median_row_ignores_none_and_keeps_none_when_all_are_none() -> None:
     runs = [
-        _row(fig1, 1, False, None, 50.0, oldest_ms=9000.0),  # served nothing
-        _row(fig1, 1, False, 300.0, 55.0),
-        _row(fig1, 1, False, 500.0, 60.0, oldest_ms=7000.0),
+        _row(1, False, None, 50.0, oldest_ms=9000.0),  # served nothing
+        _row(1, False, 300.0, 55.0),
+        _row(1, False, 500.0, 60.0, oldest_ms=7000.0),
     ]
-    med = fig1.median_row(runs)
+    med = real.median_row(runs)
     assert med.peak_latency_ms == pytest.approx(400.0)  # median of the two known
     assert med.oldest_wait_at_stop_ms == pytest.approx(8000.0)
-    assert fig1.median_row(runs[:1]).latency_ms_p50 is None
-    assert fig1.median_row([runs[1], runs[1]]).oldest_wait_at_stop_ms is None
-    assert fig1.combine_repeats(runs).peak_latency_ms_spread == (300.0, 500.0)
-    assert fig1.combine_repeats(runs[:1]).peak_latency_ms_spread == (None, None)
+    assert real.median_row(runs[:1]).latency_ms_p50 is None
+    assert real.median_row([runs[1], runs[1]]).oldest_wait_at_stop_ms is None
+    assert real.combine_repeats(runs).peak_latency_ms_spread == (300.0, 500.0)
+    assert real.combine_repeats(runs[:1]).peak_latency_ms_spread == (None, None)
     with pytest.raises(ValueError):
-        fig1.median_row([])
+        real.median_row([])
     with pytest.raises(ValueError):
-        fig1.median_row([runs[0], _row(fig1, 2, True, 100.0, 80.0)])
+        real.median_row([runs[0], _row(2, True, 100.0, 80.0)])
 
 
-def test_findings_and_table(fig1: ModuleType) -> None:
+def test_findings_and_table() -> None:
     rows = [
-        _repeated(fig1, 1, False, 12_000.0, 70.0),
-        _repeated(fig1, 4, True, 150.0, 90.0),
-        _repeated(fig1, 16, True, 600.0, 105.0),
+        _repeated(1, False, 12_000.0, 70.0),
+        _repeated(4, True, 150.0, 90.0),
+        _repeated(16, True, 600.0, 105.0),
     ]
-    assert all(fig1.real_findings([r.median for r in rows]).values())
-    rows[2] = _repeated(fig1, 16, True, 600.0, 85.0)
-    found = fig1.real_findings([r.median for r in rows])
+    assert all(real.real_findings([r.median for r in rows]).values())
+    rows[2] = _repeated(16, True, 600.0, 85.0)
+    found = real.real_findings([r.median for r in rows])
     assert not found["training throughput rises with batch size (stable batches)"]
-    text = fig1.real_table(rows, "title")
+    text = real.real_table(rows, "title")
     assert "median of 3 runs" in text
     assert "FAILS (on the medians): training throughput" in text
     assert "holds (on the medians): batch 1 unstable" in text
@@ -231,20 +232,20 @@ def test_findings_and_table(fig1: ModuleType) -> None:
     assert "120–188" in lines[4] and "72.0–112.5" in lines[4]  # the spread over the three runs
 
 
-def test_mixed_stability_shows_the_vote(fig1: ModuleType) -> None:
-    runs = [_row(fig1, 2, s, 300.0, 80.0) for s in (True, False, True)]
-    text = fig1.real_table([fig1.combine_repeats(runs)], "t")
+def test_mixed_stability_shows_the_vote() -> None:
+    runs = [_row(2, s, 300.0, 80.0) for s in (True, False, True)]
+    text = real.real_table([real.combine_repeats(runs)], "t")
     assert text.splitlines()[3].split()[:3] == ["2", "yes", "2/3"]
 
 
-def test_real_json_keeps_the_old_keys_and_adds_repeats_and_runs(fig1: ModuleType) -> None:
-    rows = [_repeated(fig1, 1, False, 12_000.0, 70.0), _repeated(fig1, 4, True, 150.0, 90.0)]
-    real = fig1.real_json(rows, "setup text", "cfg.yaml", 50.0, 20.0)
-    json.dumps(real)  # serialisable as is
-    assert {"setup", "config", "rate_per_s", "duration_s", "rows", "findings"} <= set(real)
-    assert real["repeats"] == 3 and len(real["runs"]) == 6
-    old_keys = {f.name for f in fields(fig1.RealRow)} | {"accumulation_ms", "implied_exec_ms"}
-    row = real["rows"][1]
+def test_real_json_keeps_the_old_keys_and_adds_repeats_and_runs() -> None:
+    rows = [_repeated(1, False, 12_000.0, 70.0), _repeated(4, True, 150.0, 90.0)]
+    section = real.real_json(rows, "setup text", "cfg.yaml", 50.0, 20.0)
+    json.dumps(section)  # serialisable as is
+    assert {"setup", "config", "rate_per_s", "duration_s", "rows", "findings"} <= set(section)
+    assert section["repeats"] == 3 and len(section["runs"]) == 6
+    old_keys = {f.name for f in fields(real.RealRow)} | {"accumulation_ms", "implied_exec_ms"}
+    row = section["rows"][1]
     assert old_keys <= set(row)
     assert row["batch"] == 4 and row["stable"] and row["repeats"] == 3 and row["stable_repeats"] == 3
     assert row["peak_latency_ms"] == 150.0
@@ -252,7 +253,7 @@ def test_real_json_keeps_the_old_keys_and_adds_repeats_and_runs(fig1: ModuleType
     assert (row["train_samples_per_s_min"], row["train_samples_per_s_max"]) == (72.0, 112.5)
     assert row["accumulation_ms"] == 80.0 and row["implied_exec_ms"] == pytest.approx(70.0)
     # every run, in the order they ran (interleaved), each with its repeat number
-    assert [(r["batch"], r["repeat"]) for r in real["runs"]] == [
+    assert [(r["batch"], r["repeat"]) for r in section["runs"]] == [
         (1, 1),
         (4, 1),
         (1, 2),
@@ -260,16 +261,16 @@ def test_real_json_keeps_the_old_keys_and_adds_repeats_and_runs(fig1: ModuleType
         (1, 3),
         (4, 3),
     ]
-    assert real["runs"][3]["run_dir"] == "runs/b4-r2" and real["runs"][3]["peak_latency_ms"] == 120.0
-    assert old_keys <= set(real["runs"][0])
-    assert real["findings"] == fig1.real_findings([r.median for r in rows])
+    assert section["runs"][3]["run_dir"] == "runs/b4-r2" and section["runs"][3]["peak_latency_ms"] == 120.0
+    assert old_keys <= set(section["runs"][0])
+    assert section["findings"] == real.real_findings([r.median for r in rows])
 
 
 def test_plot_real_writes_a_png(fig1: ModuleType, tmp_path: Path) -> None:
     rows = [
-        _repeated(fig1, 1, False, 12_000.0, 70.0),
-        fig1.combine_repeats([_row(fig1, 2, s, 300.0, 80.0) for s in (True, False, True)]),
-        _repeated(fig1, 4, True, 150.0, 90.0),
+        _repeated(1, False, 12_000.0, 70.0),
+        real.combine_repeats([_row(2, s, 300.0, 80.0) for s in (True, False, True)]),
+        _repeated(4, True, 150.0, 90.0),
     ]
     path = fig1.plot_real(rows, "title, median of 3 runs", tmp_path / "fig1-real.png")
     assert path.stat().st_size > 10_000
@@ -339,44 +340,44 @@ def _saturated_rows(
     return rows
 
 
-def test_service_capacity_counts_the_gaps_between_batches_and_skips_the_warmup(fig1: ModuleType) -> None:
+def test_service_capacity_counts_the_gaps_between_batches_and_skips_the_warmup() -> None:
     # 23 ms a batch of 1 plus 2 ms between batches: 40 req/s, not the 43.5 req/s of 1/e(1)
-    assert fig1.service_capacity_per_s(_saturated_rows(1, 0.023, 0.002)) == pytest.approx(40.0, rel=0.002)
+    assert real.service_capacity_per_s(_saturated_rows(1, 0.023, 0.002)) == pytest.approx(40.0, rel=0.002)
     # batch 4 at 30 ms + 2 ms: 125 req/s; ten 200 ms warm-up batches (2.3 s) are left out
     rows = _saturated_rows(4, 0.030, 0.002, warmup=10)
-    assert fig1.service_capacity_per_s(rows) == pytest.approx(125.0, rel=0.002)
-    with_warmup = fig1.service_capacity_per_s(rows, settle_s=0.0)
+    assert real.service_capacity_per_s(rows) == pytest.approx(125.0, rel=0.002)
+    with_warmup = real.service_capacity_per_s(rows, settle_s=0.0)
     assert with_warmup < 110.0  # the slow first batches would pull it down
 
 
-def test_service_capacity_needs_enough_batches_after_the_settle_time(fig1: ModuleType) -> None:
-    with pytest.raises(fig1.CalibrationError, match="only 0 batches"):
-        fig1.service_capacity_per_s(_saturated_rows(4, 0.030, 0.002), settle_s=20.0)
+def test_service_capacity_needs_enough_batches_after_the_settle_time() -> None:
+    with pytest.raises(real.CalibrationError, match="only 0 batches"):
+        real.service_capacity_per_s(_saturated_rows(4, 0.030, 0.002), settle_s=20.0)
     few = [r for r in _saturated_rows(1, 0.5, 0.0) if r["outcome"] != "served" or float(r["start_s"]) < 104.0]
-    with pytest.raises(fig1.CalibrationError, match="only 4 batches"):  # 2.0, 2.5, 3.0, 3.5 s
-        fig1.service_capacity_per_s(few)
-    with pytest.raises(fig1.CalibrationError, match="no requests"):
-        fig1.service_capacity_per_s([])
+    with pytest.raises(real.CalibrationError, match="only 4 batches"):  # 2.0, 2.5, 3.0, 3.5 s
+        real.service_capacity_per_s(few)
+    with pytest.raises(real.CalibrationError, match="no requests"):
+        real.service_capacity_per_s([])
 
 
-def test_choose_rate_goes_midway_between_the_b1_and_b4_capacities(fig1: ModuleType) -> None:
-    assert fig1.choose_rate_per_s(71.2, 125.6) == 98.4
-    assert fig1.choose_rate_per_s(40.0, 150.0) == 95.0
-    assert fig1.choose_rate_per_s(40.04, 125.02) == 82.5  # rounded to 0.1 req/s
-    assert fig1.choose_rate_per_s(100.0, 115.2) == 107.6  # just above the 15 % gap
+def test_choose_rate_goes_midway_between_the_b1_and_b4_capacities() -> None:
+    assert real.choose_rate_per_s(71.2, 125.6) == 98.4
+    assert real.choose_rate_per_s(40.0, 150.0) == 95.0
+    assert real.choose_rate_per_s(40.04, 125.02) == 82.5  # rounded to 0.1 req/s
+    assert real.choose_rate_per_s(100.0, 115.2) == 107.6  # just above the 15 % gap
 
 
-def test_choose_rate_refuses_when_b4_is_not_clearly_faster(fig1: ModuleType) -> None:
+def test_choose_rate_refuses_when_b4_is_not_clearly_faster() -> None:
     for c1, c4 in ((100.0, 115.0), (100.0, 100.0), (60.0, 45.0)):
-        with pytest.raises(fig1.CalibrationError, match="no unstable-then-stable regime") as err:
-            fig1.choose_rate_per_s(c1, c4)
+        with pytest.raises(real.CalibrationError, match="no unstable-then-stable regime") as err:
+            real.choose_rate_per_s(c1, c4)
         assert f"{c1:.1f} req/s at b=1" in str(err.value) and f"{c4:.1f} req/s at b=4" in str(err.value)
-    with pytest.raises(fig1.CalibrationError, match="positive"):
-        fig1.choose_rate_per_s(0.0, 50.0)
+    with pytest.raises(real.CalibrationError, match="positive"):
+        real.choose_rate_per_s(0.0, 50.0)
 
 
-def _calibration(fig1: ModuleType, batch: int, capacity: float, backlog: int = 3000) -> Any:
-    return fig1.CalibrationRun(
+def _calibration(batch: int, capacity: float, backlog: int = 3000) -> Any:
+    return real.CalibrationRun(
         batch=batch,
         rate_per_s=400.0,
         arrived=4000,
@@ -387,17 +388,15 @@ def _calibration(fig1: ModuleType, batch: int, capacity: float, backlog: int = 3
     )
 
 
-def test_a_calibration_run_is_saturated_only_with_a_backlog_a_stable_queue_would_not_hold(
-    fig1: ModuleType,
-) -> None:
-    assert _calibration(fig1, 1, 40.0, backlog=3000).saturated
-    assert not _calibration(fig1, 4, 400.0, backlog=408).saturated  # 2b + 400 x 1 s: what stable holds
-    assert _calibration(fig1, 4, 380.0, backlog=409).saturated
+def test_a_calibration_run_is_saturated_only_with_a_backlog_a_stable_queue_would_not_hold() -> None:
+    assert _calibration(1, 40.0, backlog=3000).saturated
+    assert not _calibration(4, 400.0, backlog=408).saturated  # 2b + 400 x 1 s: what stable holds
+    assert _calibration(4, 380.0, backlog=409).saturated
 
 
-def test_rate_choice_says_how_the_rate_was_chosen(fig1: ModuleType) -> None:
-    auto = fig1.RateChoice(
-        rate_per_s=98.4, mode="auto", calibration=(_calibration(fig1, 1, 71.2), _calibration(fig1, 4, 125.6))
+def test_rate_choice_says_how_the_rate_was_chosen() -> None:
+    auto = real.RateChoice(
+        rate_per_s=98.4, mode="auto", calibration=(_calibration(1, 71.2), _calibration(4, 125.6))
     )
     assert auto.describe() == (
         "λ = 98.4 req/s, auto: midway between the measured b=1 and b=4 capacities 71.2 and 125.6 req/s"
@@ -407,13 +406,13 @@ def test_rate_choice_says_how_the_rate_was_chosen(fig1: ModuleType) -> None:
     assert data["mode"] == "auto" and data["capacity_per_s"] == {"1": 71.2, "4": 125.6}
     assert data["calibration_runs"] == ["out/runs/calibrate-b1", "out/runs/calibrate-b4"]
     assert all(c["saturated"] for c in data["calibration"])
-    fixed = fig1.RateChoice(rate_per_s=30.0, mode="fixed")
+    fixed = real.RateChoice(rate_per_s=30.0, mode="fixed")
     assert fixed.describe() == "λ = 30 req/s, fixed (--rate 30)"
     assert fixed.json() | {"description": ""} == {"mode": "fixed", "calibration_runs": [], "description": ""}
 
-    rows = [_repeated(fig1, 1, False, 12_000.0, 70.0), _repeated(fig1, 4, True, 150.0, 90.0)]
-    assert fig1.real_json(rows, "s", "c", 98.4, 20.0, auto)["rate_choice"] == data
-    assert fig1.real_json(rows, "s", "c", 30.0, 20.0)["rate_choice"]["mode"] == "fixed"
+    rows = [_repeated(1, False, 12_000.0, 70.0), _repeated(4, True, 150.0, 90.0)]
+    assert real.real_json(rows, "s", "c", 98.4, 20.0, auto)["rate_choice"] == data
+    assert real.real_json(rows, "s", "c", 30.0, 20.0)["rate_choice"]["mode"] == "fixed"
 
 
 # --- the command, with a stand-in for `cotrain run` -----------------------------------------------
