@@ -273,7 +273,7 @@ def test_overload_sheds_counts_and_recovers_without_a_death(tmp_path: Path, tiny
     "Far beyond" must hold on any machine CI lands on, and this machine type has run 3-4x faster
     from one session to the next: at the tiny 32-pixel images one core served ~1,000 req/s
     (2026-12-01), so 2,000 req/s shed only 48 % and CI failed. At 320 pixels the same core serves
-    ~150 req/s, so 2,000 req/s stays over twice capacity on a machine 6x faster."""
+    ~130 req/s (93 % shed), so 2,000 req/s stays over twice capacity on a machine 7x faster."""
     tiny["duration_s"] = 22
     inference = tiny["workloads"]["inference"]
     inference["dataset"]["image_size"] = 320
