@@ -3,7 +3,7 @@
 Why tables and not parsing at run time: the controller, the simulator and the tests need a
 board's modes on machines that have no /etc/nvpmodel.conf. Why a generator: hand-typed tables
 drift from the real files. `python -m cotrain.power_modes.boards --regenerate` rewrites
-`boards/<board>.yaml` from the real files in `../shared/fixtures/jetson/nvpmodel/`, and
+`boards/<board>.yaml` from the real files in `tests/data/jetson/nvpmodel/`, and
 tests/test_boards.py fails when a committed table differs from what the generator derives.
 
 CPU clusters: on Orin, cpufreq has one policy per cluster, and nvpmodel.conf defines one CLOCK
@@ -31,13 +31,14 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from cotrain.power_modes.nvpmodel import NvpmodelConf, Param, masks_need_reboot, parse_nvpmodel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "jetson" / "nvpmodel"
+# The real nvpmodel.conf files live with the tests (a source checkout); `--fixtures` names another folder.
+DEFAULT_FIXTURES = REPO_ROOT / "tests" / "data" / "jetson" / "nvpmodel"
 BOARDS_DIR = Path(__file__).resolve().parent / "boards"
 
 
 @dataclass(frozen=True)
 class BoardSource:
-    """Which real file describes which module. Provenance: ../shared/fixtures/SOURCES.md."""
+    """Which real file describes which module. Provenance: tests/data/SOURCES.md."""
 
     name: str
     display_name: str

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures" / "jetson"
+FIXTURES = REPO / "tests" / "data" / "jetson"
 HANNER_LINE_1 = FIXTURES / "tegrastats" / "Hanner123__LLM_PIPELINE__tegrastats.log.txt"
 
 # ASSUMPTION: no artefact gives an INA3221 bus voltage. 5000 mV is the nominal of VIN_SYS_5V0

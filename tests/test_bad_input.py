@@ -26,7 +26,7 @@ from tests.conftest import REPO, TINY
 from tests.fake_tools import FakeNvpmodel
 from tests.jetson_fakes import build_fake_orin_sysfs
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "jetson"
+FIXTURES = REPO / "tests" / "data" / "jetson"
 AGX_CONF = FIXTURES / "nvpmodel" / "LineageOS__android_device_nvidia_concord__nvpmodel_p3701_0000.conf"
 MAXN, MODE_15W, MODE_30W, MODE_50W = 0, 1, 2, 3
 

@@ -24,7 +24,7 @@ from cotrain.power_modes.boards import (
 )
 from cotrain.power_modes.nvpmodel import parse_nvpmodel
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "jetson" / "nvpmodel"
+FIXTURES = Path(__file__).resolve().parent / "data" / "jetson" / "nvpmodel"
 BOARD_NAMES = [s.name for s in BOARD_SOURCES]
 
 

@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from tests.fake_tools import FakeNvpmodel, fake_tegrastats
 from tests.jetson_fakes import build_fake_orin_sysfs
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "jetson"
+FIXTURES = REPO / "tests" / "data" / "jetson"
 AGX_CONF = FIXTURES / "nvpmodel" / "LineageOS__android_device_nvidia_concord__nvpmodel_p3701_0000.conf"
 ORIN_TEGRASTATS = FIXTURES / "tegrastats" / "Hanner123__LLM_PIPELINE__tegrastats.log.txt"
 MAXN, MODE_15W, MODE_30W, MODE_50W = 0, 1, 2, 3

@@ -22,7 +22,7 @@ from cotrain.power_modes.nvpmodel import (
     parse_nvpmodel,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "jetson" / "nvpmodel"
+FIXTURES = Path(__file__).resolve().parent / "data" / "jetson" / "nvpmodel"
 AGX_64 = "LineageOS__android_device_nvidia_concord__nvpmodel_p3701_0000.conf"
 AGX_32 = "LineageOS__android_device_nvidia_concord__nvpmodel_p3701_0004.conf"
 NANO = "rageer-git__jetson-nano-image-maker__nvpmodel.conf"

@@ -22,7 +22,7 @@ from cotrain.power_modes.policy import (
 )
 
 EXAMPLE = Path(policy_module.__file__).parent / "policy-example.yaml"
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "jetson" / "nvpmodel"
+FIXTURES = Path(__file__).resolve().parent / "data" / "jetson" / "nvpmodel"
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -78,6 +78,6 @@ def test_named_modes_rank_by_speed_like_the_telemetry() -> None:
 
 
 def test_a_missing_fixture_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COTRAIN_FIXTURES", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="COTRAIN_FIXTURES"):
+    monkeypatch.setenv("COTRAIN_SIM_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="COTRAIN_SIM_DATA"):
         load_telemetry()

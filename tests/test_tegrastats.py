@@ -40,7 +40,7 @@ from cotrain.platform.tegrastats import (
 from cotrain.platform.tegrastats_reader import TegrastatsReader, TegrastatsUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures" / "jetson"
+FIXTURES = REPO / "tests" / "data" / "jetson"
 TEGRASTATS = FIXTURES / "tegrastats"
 JP6_AGX_ORIN = TEGRASTATS / "Hanner123__LLM_PIPELINE__tegrastats.log.txt"
 NANO = TEGRASTATS / "SumantBagri__CSC2231_Project__tegrastats.txt.first50.txt"
@@ -92,8 +92,8 @@ def test_non_sample_lines_are_counted_not_parsed() -> None:
 
 def test_orin_telemetry_csv_rows_are_not_tegrastats_lines() -> None:
     """The orin-telemetry CSVs are derived from tegrastats ("Used RAM (MB)" headers), not raw lines."""
-    paths = sorted((FIXTURES / "orin-telemetry").glob("*.csv"))
-    assert paths, f"no fixtures in {FIXTURES / 'orin-telemetry'}: this test would check nothing"
+    paths = sorted((REPO / "cotrain" / "sim" / "data" / "orin-telemetry").glob("*.csv"))
+    assert paths, "no orin-telemetry CSVs: this test would check nothing"
     for path in paths:
         lines = fixture_lines(path)
         samples, skipped = parse_tegrastats_lines(lines)

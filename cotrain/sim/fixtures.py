@@ -1,7 +1,7 @@
 """Reading the real AGX Orin telemetry the simulator is calibrated against.
 
 The files are tegrastats time series (1 sample per second) from BroncoSpace-Lab/scales-hardware,
-copied into `../shared/fixtures/jetson/orin-telemetry/` (provenance: ../shared/fixtures/SOURCES.md).
+shipped verbatim in `cotrain/sim/data/orin-telemetry/` (provenance and licence: `cotrain/sim/data/SOURCES.md`).
 Each starts with a quoted date line, then a header. What the calibration needs from a file is
 the part where the workload really ran ("active") and its mean rail powers and loads there.
 
@@ -32,8 +32,8 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-TELEMETRY_DIR = "jetson/orin-telemetry"
-RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")  # summed as in ../shared/ANCHORS.md
+TELEMETRY_DIR = "orin-telemetry"
+RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")  # summed: the board's input power
 BUSY_LOAD = 0.5  # GPU load that counts as the workload running
 IDLE_LOAD = 0.05  # GPU load that counts as idle
 IDLE_GAP_S = 30  # an idle stretch at least this long inside a run is cut out of the active time
@@ -42,11 +42,12 @@ DIP_MIN_S = 3
 
 
 def fixtures_dir() -> Path:
-    """`../shared/fixtures` beside the repository, or `$COTRAIN_FIXTURES` when set."""
-    override = os.environ.get("COTRAIN_FIXTURES")
+    """The package's own `data/` folder, or `$COTRAIN_SIM_DATA` when set (a folder holding an
+    `orin-telemetry/` of the same format, to calibrate against other captures)."""
+    override = os.environ.get("COTRAIN_SIM_DATA")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+    return Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _load_telemetry(root: Path) -> tuple[TelemetryFile, ...]:
     folder = root / TELEMETRY_DIR
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"no Orin telemetry at {folder}; set COTRAIN_FIXTURES to the shared fixtures folder"
+            f"no Orin telemetry at {folder}; COTRAIN_SIM_DATA must name a folder holding orin-telemetry/"
         )
     files = (summarize(p) for p in sorted(folder.glob("data__*.csv")))
     return tuple(f for f in files if f is not None)
