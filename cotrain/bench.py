@@ -29,6 +29,7 @@ from cotrain.config import BENCH_CONTROLLERS, BenchConfig, ExperimentConfig, dum
 from cotrain.records import read_csv_rows, read_jsonl, write_json_atomic
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.progress import Progress
 
 
@@ -142,7 +143,7 @@ def run_with_cli(data: dict[str, Any], out: Path, duration_s: float) -> None:
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     cmd = [sys.executable, "-m", "cotrain", "run", str(path), "--duration", f"{duration_s:g}"]
-    result = subprocess.run([*cmd, "--out", str(out), "--quiet"], capture_output=True, text=True)
+    result = subprocess.run([*cmd, "--out", str(out), "--quiet", "--force"], capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(
             f"{out.name}: cotrain run exited {result.returncode}: {result.stderr.strip()[-2000:]}"
@@ -270,65 +271,127 @@ def bench_markdown(result: dict[str, Any]) -> str:
 
 
 def plot_bench(result: dict[str, Any], out: Path) -> list[Path]:
-    """Two bar charts: training throughput per controller, and p99 against the SLO."""
+    """The bench charts as PNGs in `out` (see `bench_figures`); returns the paths written."""
+    written = []
+    for name, fig in bench_figures(result).items():
+        fig.savefig(out / name)
+        written.append(out / name)
+    return written
+
+
+def bench_figures(result: dict[str, Any]) -> dict[str, Figure]:
+    """File name -> chart: training throughput per controller, p99 against the SLO, and, when the
+    scenario has a power budget and the rows measured power, mean power against the budget.
+
+    Each title names the scenario and the platform, so a chart copied out of its directory still
+    says what it measured."""
     rows = result["rows"]
-    training = [r["training_samples_per_s"] for r in rows]
-    p99 = [r["latency_ms_p99"] or 0.0 for r in rows]
+    where = f"{_scenario_name(result)} on {bench_platform_label(result)}"
     slo = result.get("slo_ms")
-    return [
-        _bar_chart(
+    meets = [_meets_slo_category(r) for r in rows]
+    figures = {
+        "bench-training.png": _bar_figure(
             rows,
-            training,
+            [r["training_samples_per_s"] for r in rows],
+            meets,
             "training throughput (samples/s)",
-            "training throughput per controller",
-            out / "bench-training.png",
+            f"training throughput per controller\n{where}",
         ),
-        _bar_chart(
+        "bench-p99.png": _bar_figure(
             rows,
-            p99,
+            [r["latency_ms_p99"] for r in rows],
+            meets,
             "inference p99 latency (ms)",
-            "inference p99 per controller",
-            out / "bench-p99.png",
-            slo,
+            f"inference p99 per controller\n{where}",
+            line=None if slo is None else (float(slo), f"SLO {slo:g} ms"),
         ),
-    ]
+    }
+    budget_w = result.get("power_budget_w")
+    if budget_w is not None and any(r.get("power_w") is not None for r in rows):
+        figures["bench-power.png"] = _bar_figure(
+            rows,
+            [r.get("power_w") for r in rows],
+            [_budget_category(r.get("power_w"), float(budget_w)) for r in rows],
+            "mean power (W)",
+            f"mean power per controller\n{where}",
+            line=(float(budget_w), f"power budget {budget_w:g} W"),
+        )
+    return figures
 
 
-def _bar_chart(
+def bench_platform_label(result: dict[str, Any]) -> str:
+    """What ran the bench, for the titles: the simulated board, or the platform (and its host name
+    when bench.json has one)."""
+    platform = str(result.get("platform") or "unknown platform")
+    if platform == "sim":
+        return "simulated AGX Orin"
+    host = result.get("host")
+    return f"{platform} {host}" if host else platform
+
+
+def _scenario_name(result: dict[str, Any]) -> str:
+    scenario = str(result.get("scenario") or "unnamed scenario")
+    return Path(scenario).name or scenario
+
+
+# A bar's category: its colour and its legend entry.
+MEETS = ("tab:green", "meets the SLO")
+MISSES = ("tab:red", "misses the SLO")
+WITHIN_BUDGET = ("tab:green", "within the power budget")
+OVER_BUDGET = ("tab:red", "over the power budget")
+NOT_MEASURED = ("tab:gray", "not measured")
+LEGEND_ORDER = (MEETS, MISSES, WITHIN_BUDGET, OVER_BUDGET, NOT_MEASURED)
+
+
+def _meets_slo_category(row: dict[str, Any]) -> tuple[str, str]:
+    return MEETS if row["meets_slo"] else MISSES
+
+
+def _budget_category(power_w: float | None, budget_w: float) -> tuple[str, str]:
+    if power_w is None:
+        return NOT_MEASURED
+    return WITHIN_BUDGET if power_w <= budget_w else OVER_BUDGET
+
+
+def _bar_figure(
     rows: list[dict[str, Any]],
-    values: list[float],
+    values: list[float | None],
+    categories: list[tuple[str, str]],
     ylabel: str,
     title: str,
-    path: Path,
-    slo_ms: float | None = None,
-) -> Path:
-    """One bar per row, green where the row meets the SLO and red where it does not, each with its
-    value written on it (a zero bar is otherwise invisible), and the SLO as a dashed line if given.
+    line: tuple[float, str] | None = None,
+) -> Figure:
+    """One bar per row, coloured by its category (colour, legend label), each with its value
+    written on it (a zero bar is otherwise invisible; a missing value reads "-"), and `line`
+    (value, label) as a dashed line if given. The legend lists only the categories some bar has.
 
     matplotlib's object API on the Agg canvas, as in cotrain/report.py: no pyplot state."""
     from matplotlib.artist import Artist
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    fig = Figure(figsize=(7.5, 4.0), dpi=110, layout="constrained")
+    fig = Figure(figsize=(7.5, 4.3), dpi=110, layout="constrained")
     ax = fig.subplots()
-    colours = ["tab:green" if r["meets_slo"] else "tab:red" for r in rows]
-    bars = ax.bar(range(len(rows)), values, color=colours)
-    ax.bar_label(bars, labels=[f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in values], fontsize="small")
+    heights = [0.0 if v is None else float(v) for v in values]
+    bars = ax.bar(range(len(rows)), heights, color=[colour for colour, _ in categories])
+    ax.bar_label(bars, labels=[_bar_value(v) for v in values], fontsize="small")
     # controller names are long ("random-search"): slanted, they never run into each other
     ax.set_xticks(range(len(rows)), [r["controller"] for r in rows], rotation=25, ha="right")
-    handles: list[Artist] = [
-        Patch(color="tab:green", label="meets the SLO"),
-        Patch(color="tab:red", label="misses it"),
-    ]
-    if slo_ms is not None:
-        slo = ax.axhline(slo_ms, color="tab:red", linestyle="--", linewidth=1.6, label=f"SLO {slo_ms:g} ms")
-        handles.append(slo)
-    top = max([*values, slo_ms or 0.0, 1e-9])
+    present = [c for c in LEGEND_ORDER if c in categories]
+    handles: list[Artist] = [Patch(color=colour, label=label) for colour, label in present]
+    if line is not None:
+        value, label = line
+        handles.append(ax.axhline(value, color="tab:red", linestyle="--", linewidth=1.6, label=label))
+    top = max([*heights, line[0] if line is not None else 0.0, 1e-9])
     ax.set_ylim(0, top * 1.15)  # room for the value labels
     fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path)
-    return path
+    return fig
+
+
+def _bar_value(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"

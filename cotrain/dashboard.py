@@ -8,20 +8,31 @@ replays a finished one, and never runs inside a workload process.
 Three layers, so each can be tested alone:
 - `build_frame(records, ...) -> Frame`: a pure function of what was read. No clock, no I/O.
 - `render_frame(frame, width, height) -> Group`: lines of rich Text that fit exactly.
-- `watch(...)`: the loop that reads, builds and redraws at a bounded rate.
+- `watch(...)`: the loop that reads, builds and redraws at a bounded rate, and quits on `q`.
+
+Beside the records, the loop samples the workers' CPU and memory with psutil (`WorkerSampler`),
+from the pids in processes.json, while the run is live; that is the one thing not read from the
+run directory, and it is passed to `build_frame` as data.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import select
+import sys
+import termios
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import tty
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+import psutil
 from rich.console import Console, Group
 from rich.text import Text
 
@@ -36,6 +47,7 @@ from cotrain.runread import (
     RunRecords,
     TelemetryRow,
     event_time_s,
+    event_wall_s,
     latency_bins,
     latency_window,
     pid_alive,
@@ -46,6 +58,11 @@ from cotrain.runread import (
 DEFAULT_WINDOW_S = 5.0
 DEFAULT_REFRESH_S = 1.0
 MIN_REFRESH_S = 0.2  # the dashboard shares the cores with the workloads: never redraw faster
+DEFAULT_ATTAINMENT_TARGET = 0.99  # a window "met the SLO" at or above this (bench's default too)
+QUIT_KEYS = frozenset("qQ")
+WATCH_QUIT_HINT = "q: quit watch"
+RUN_QUIT_HINT = "q: close dashboard (the run continues; Ctrl-C stops the run)"
+CREATE_TIME_SLACK_S = 2.0  # psutil's create_time rests on the boot time, which /proc gives in whole s
 CHART_LABEL_W = 7
 NOISY_EVENTS = frozenset({"knob_applied", "worker_spawned", "placed"})
 BAD_EVENTS = frozenset({"worker_failed", "worker_killed", "run_failed"})
@@ -117,11 +134,26 @@ class PlatformView:
 
 @dataclass(frozen=True)
 class EventView:
-    t_s: float | None  # since t0; None before the run has started
+    t_s: float | None  # since t0, negative while the models loaded; None if t0 is not known yet
     name: str
     text: str
     severity: str  # bad | warn | good | info
-    wall: str = ""  # wall-clock HH:MM:SS (UTC), shown while t0 is not known yet
+    loading: bool = False  # written before t0, while t0 is not known yet: shown as "load"
+
+
+@dataclass(frozen=True)
+class WorkerUsage:
+    """One workload process as the dashboard's own process sampled it (psutil).
+
+    `cpu_percent` covers the process and its children (a training job's DataLoader workers), as
+    `top` counts it: 100 is one core. None: not measurable (the first sample has nothing to
+    compare with; a process gone, not readable, or a pid since reused by another process)."""
+
+    name: str
+    pid: int
+    cpu_percent: float | None
+    rss_mb: float | None
+    children: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +171,8 @@ class Frame:
     platform: PlatformView | None
     decisions: Sequence[Decision]
     events: Sequence[EventView]
+    workers: Sequence[WorkerUsage] = ()  # empty for a finished or replayed run
+    attainment_target: float = DEFAULT_ATTAINMENT_TARGET
 
     @property
     def live(self) -> bool:
@@ -152,13 +186,15 @@ def build_frame(
     window_s: float = DEFAULT_WINDOW_S,
     chart_bars: int = 60,
     runtime_alive: bool | None = None,
+    workers: Sequence[WorkerUsage] = (),
 ) -> Frame:
     """What the dashboard shows, from the records alone.
 
     `now_s` (seconds since t0) defaults to the latest record; a replay passes earlier times and
     sees only what had been written by then. `runtime_alive=False` marks a run that never wrote
     `run_stopped` because its runtime died. A live run's chart shows the last `chart_bars`
-    seconds; a finished run's chart squeezes the whole run into `chart_bars` bars.
+    seconds; a finished run's chart squeezes the whole run into `chart_bars` bars. `workers`:
+    the workload processes as sampled now (`WorkerSampler`), shown only while the run is live.
     """
     config = records.config or {}
     t0 = records.t0_mono_s
@@ -227,7 +263,16 @@ def build_frame(
         platform=_platform_view(telemetry[-1]) if telemetry else None,
         decisions=decisions,
         events=notable_events(events, t0),
+        workers=list(workers) if not finished else [],
+        attainment_target=_attainment_target(config),
     )
+
+
+def _attainment_target(config: Mapping[str, Any]) -> float:
+    """The bench's `slo_attainment_target` when the config has one: the same notion of a met SLO."""
+    bench = config.get("bench")
+    target = _float(bench.get("slo_attainment_target")) if isinstance(bench, dict) else None
+    return target if target is not None and 0 < target <= 1 else DEFAULT_ATTAINMENT_TARGET
 
 
 def notable_events(events: Sequence[Mapping[str, Any]], t0_mono_s: float | None) -> list[EventView]:
@@ -395,14 +440,26 @@ def _event_view(event: Mapping[str, Any], t0: float | None) -> EventView:
         text = f"{event.get('worker')}: {event.get('error')}"
     else:
         text = " ".join(
-            f"{k}={_short(v)}"
+            _field_text(k, v, t0)
             for k, v in event.items()
             if k not in SKIP_FIELDS
             and v not in (None, "", [])
             and isinstance(v, str | int | float | bool | list)
+            and (not k.endswith(MONO_SUFFIX) or t0 is not None)  # no base to convert it to yet
         )
-    wall = str(event.get("wall") or "")
-    return EventView(event_time_s(event, t0), name, text, severity, wall[11:19])
+    t_s = event_time_s(event, t0)
+    return EventView(t_s, name, text, severity, loading=t_s is None and t0 is None)
+
+
+MONO_SUFFIX = "_mono_s"
+
+
+def _field_text(key: str, value: Any, t0: float | None) -> str:
+    """`key=value`; a monotonic stamp (`swapped_mono_s`) becomes run seconds (`swapped_s`), the one
+    time base every line of the dashboard uses."""
+    if key.endswith(MONO_SUFFIX) and t0 is not None and isinstance(value, int | float):
+        return f"{key.removesuffix(MONO_SUFFIX)}_s={value - t0:.3f}"
+    return f"{key}={_short(value)}"
 
 
 def _short(value: Any) -> str:
@@ -475,17 +532,27 @@ def chart_top_ms(service: ServiceView) -> float:
     return min(max([slo * 1.1, *p99s]), 3 * slo) if slo > 0 else max([1.0, *p99s])
 
 
-def latency_chart(service: ServiceView, width: int, rows: int) -> list[Text]:
-    """p99 per bar against the SLO, `rows` high; the last row is the per-bar SLO attainment strip.
+MET_MARK = "▀"
+MISSED_MARK = "✗"
+EMPTY_MARK = "·"
+
+
+def latency_chart(
+    service: ServiceView, width: int, rows: int, target: float = DEFAULT_ATTAINMENT_TARGET
+) -> list[Text]:
+    """p99 per bar against the SLO, `rows` high, then the per-bar SLO attainment strip and its legend.
 
     The scale keeps the SLO in view (top = max(1.1 x SLO, highest p99), at most 3 x SLO; taller
     bars are clipped). Bars over the SLO are red; with two or more bar rows the SLO is drawn as a
-    dashed line across the chart.
+    dashed line across the chart. The strip marks each bar's window by its shape as well as its
+    colour (MET_MARK: at least `target` of its requests within the SLO, MISSED_MARK: fewer,
+    EMPTY_MARK: none finished), so it reads without colour (NO_COLOR, colour blindness); the
+    legend line says so. Two rows get no legend, one row no strip.
     """
     bars = list(service.chart)[-max(1, width - CHART_LABEL_W) :]
     slo = service.slo_ms
     top = chart_top_ms(service)
-    bar_rows = max(1, rows - 1) if rows >= 2 else 1
+    bar_rows = rows - 2 if rows >= 3 else 1
     levels = bar_rows * 8
     slo_level = slo / top * levels if top > 0 else levels
     slo_row = min(bar_rows - 1, int(slo_level // 8)) if slo > 0 else -1
@@ -516,9 +583,27 @@ def latency_chart(service: ServiceView, width: int, rows: int) -> list[Text]:
         strip = Text("attain".rjust(CHART_LABEL_W - 1) + "│", style="dim")
         for b in bars:
             a = b.attainment
-            strip.append("·" if a is None else "▀", "dim" if a is None else _attainment_style(a))
+            if a is None:
+                strip.append(EMPTY_MARK, "dim")
+            elif a >= target:
+                strip.append(MET_MARK, "green")
+            else:
+                strip.append(MISSED_MARK, "bold red")
         lines.append(strip)
+    if rows >= 3:
+        lines.append(attainment_legend(slo, target))
     return lines
+
+
+def attainment_legend(slo_ms: float, target: float) -> Text:
+    """One line under the strip: what its marks mean, in words."""
+    line = Text(" " * CHART_LABEL_W, "dim")
+    line.append(MET_MARK, "green")
+    line.append(f" met the SLO (≥{target:.0%} within {slo_ms:g} ms)  ", "dim")
+    line.append(MISSED_MARK, "bold red")
+    line.append(" missed  ", "dim")
+    line.append(f"{EMPTY_MARK} no requests", "dim")
+    return line
 
 
 def _service_lines(s: ServiceView, frame: Frame, width: int) -> list[Text]:
@@ -636,9 +721,30 @@ def _decision_line(d: Decision) -> Text:
     return line
 
 
+def event_stamp(e: EventView) -> str:
+    """When an event happened, in run seconds since t0 (negative while the models loaded), or
+    "load" while t0 is not known yet. Never wall-clock or monotonic time."""
+    if e.t_s is not None:
+        return f"{e.t_s:.1f}s"
+    return "load" if e.loading else "-"
+
+
+def _workers_line(workers: Sequence[WorkerUsage]) -> Text:
+    line = Text(" ")
+    for i, w in enumerate(workers):
+        if i:
+            line.append("  ·  ", "dim")
+        line.append(w.name, "bold")
+        cpu = "-" if w.cpu_percent is None else f"{w.cpu_percent:.0f}%"
+        line.append(f" cpu {cpu}")
+        if w.children:
+            line.append(f" (+{w.children})", "dim")
+        line.append(" rss " + ("-" if w.rss_mb is None else f"{w.rss_mb:.0f} MB"))
+    return line
+
+
 def _event_line(e: EventView) -> Text:
-    when = f"{e.t_s:6.1f}s" if e.t_s is not None else (e.wall or "-").rjust(7)[-8:]
-    line = Text(f" {when} ", "dim")
+    line = Text(f" {event_stamp(e):>7} ", "dim")
     line.append(e.name, SEVERITY_STYLE[e.severity] or "bold")
     if e.text:
         line.append(" " + e.text, SEVERITY_STYLE[e.severity])
@@ -648,8 +754,9 @@ def _event_line(e: EventView) -> Text:
 def render_lines(frame: Frame, width: int, height: int, footer: str = "") -> list[Text]:
     """At most `height` lines, none wider than `width`: the frame laid out for that screen.
 
-    The fixed part (header, numbers, one line per job and service, platform) always shows; what
-    is left goes to the chart (up to 8 rows), then to the decisions and events lists.
+    The fixed part (header, numbers, one line per job and service, platform, workers) always
+    shows; what is left goes to the chart (up to 9 rows with its strip and legend), then to the
+    decisions and events lists.
     """
     width = max(40, width)
     header = Text(f"cotrain {frame.run_name}  ", "bold")
@@ -667,8 +774,14 @@ def render_lines(frame: Frame, width: int, height: int, footer: str = "") -> lis
     fixed = 1 + 2 + 2 + 2 + (1 if footer else 0)
     fixed += 1 + len(frame.jobs) if frame.jobs else 0
     fixed += 1 + 3 + len(others) if primary is not None else 2
+    fixed += 1 if frame.workers else 0
     spare = max(0, height - fixed)
-    chart_rows = min(8, max(1, spare // 3), spare) if primary is not None and primary.chart else 0
+    # a third of the rest for the bars and the attainment strip (up to 7 bar rows), and a line
+    # more for the strip's legend once there is a strip
+    chart_rows = 0
+    if primary is not None and primary.chart:
+        base = max(1, spare // 3)
+        chart_rows = min(9, base + (1 if base >= 2 else 0), spare)
     rest = spare - chart_rows
     # decisions and events share the rest; a list with fewer items leaves its lines to the other
     have_d, have_e = max(1, len(frame.decisions)), max(1, len(frame.events))
@@ -689,13 +802,15 @@ def render_lines(frame: Frame, width: int, height: int, footer: str = "") -> lis
         lines.append(_rule("inference", width, extra))
         lines += _service_lines(primary, frame, width)
         if chart_rows:
-            lines += latency_chart(primary, width, chart_rows)
+            lines += latency_chart(primary, width, chart_rows, frame.attainment_target)
         lines += [_other_service_line(s, width) for s in others]
     if frame.jobs:
         lines.append(_rule("training", width))
         lines += [_job_line(j, width) for j in frame.jobs]
     lines.append(_rule("platform", width))
     lines.append(_platform_line(frame.platform))
+    if frame.workers:
+        lines.append(_workers_line(frame.workers))
     lines.append(_rule("decisions", width, f"({len(frame.decisions)})"))
     lines += [_decision_line(d) for d in frame.decisions[-n_decisions:]] or [Text(" none yet", "dim")]
     lines.append(_rule("events", width))
@@ -727,26 +842,258 @@ def _runtime_pid(records: RunRecords) -> int | None:
     return None
 
 
+# --- the workers' CPU and memory ---------------------------------------------------------------------
+
+PID_EVENTS = frozenset({"worker_spawned", "worker_restarted", "worker_ready", "standby_spawned"})
+BYTES_PER_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerPid:
+    """A workload process as processes.json names it, and the latest wall-clock time (Unix s) at
+    which the run's events name that pid (else run_started's): the real worker was created by
+    then, so a process created later holds a reused pid."""
+
+    name: str
+    pid: int
+    known_by_s: float | None
+
+
+def worker_pids(records: RunRecords) -> list[WorkerPid]:
+    """The workers to sample: processes.json as it is now (the supervisor rewrites it on every
+    restart), each with the moment its pid was last seen in events.jsonl."""
+    named: dict[int, float] = {}
+    started: float | None = None
+    for event in records.events:
+        wall = event_wall_s(event)
+        if wall is None:
+            continue
+        name, pid = event.get("event"), event.get("pid")
+        if name == "run_started":
+            started = wall
+        elif name in PID_EVENTS and isinstance(pid, int):
+            named[pid] = max(wall, named.get(pid, wall))
+    return [WorkerPid(name, pid, named.get(pid, started)) for name, pid in records.processes.items()]
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+class WorkerSampler:
+    """CPU% and RSS of the run's workers, read in the dashboard's own process with psutil.
+
+    CPU% is the CPU time used between two frames over the time between them (`clock`, monotonic
+    seconds), so the sampler keeps each worker's psutil.Process, which also notices a pid reused
+    after the worker exited, and the CPU seconds of every process of its tree at the last frame.
+    A process that is gone or not readable gives None, never an exception.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._processes: dict[int, psutil.Process] = {}
+        self._tree_cpu_s: dict[int, dict[int, float]] = {}  # worker pid -> pid in its tree -> CPU s
+        self._sampled_s: dict[int, float] = {}
+
+    def sample(self, workers: Sequence[WorkerPid]) -> list[WorkerUsage]:
+        now_s = self._clock()
+        usage = [self._sample_one(w, now_s) for w in workers]
+        current = {w.pid for w in workers}
+        for pid in [p for p in self._processes if p not in current]:
+            self._forget(pid)  # restarted under a new pid, or left processes.json
+        return usage
+
+    def _sample_one(self, worker: WorkerPid, now_s: float) -> WorkerUsage:
+        unknown = WorkerUsage(worker.name, worker.pid, None, None)
+        process = self._process(worker)
+        if process is None:
+            return unknown
+        try:
+            with process.oneshot():
+                rss_mb = process.memory_info().rss / BYTES_PER_MB
+                tree = {process.pid: _cpu_s(process)}
+            children = process.children(recursive=True)
+        except psutil.Error:
+            self._forget(worker.pid)
+            return unknown
+        for child in children:
+            try:
+                tree[child.pid] = _cpu_s(child)
+            except psutil.Error:
+                continue  # exited between the listing and the read
+        before, at_s = self._tree_cpu_s.get(worker.pid), self._sampled_s.get(worker.pid)
+        cpu_percent = None
+        if before is not None and at_s is not None and now_s > at_s:
+            # a child new since the last frame has no baseline yet: it counts from the next one
+            used_s = sum(max(0.0, cpu - before[pid]) for pid, cpu in tree.items() if pid in before)
+            cpu_percent = 100.0 * used_s / (now_s - at_s)
+        self._tree_cpu_s[worker.pid], self._sampled_s[worker.pid] = tree, now_s
+        return WorkerUsage(worker.name, worker.pid, cpu_percent, rss_mb, children=len(tree) - 1)
+
+    def _process(self, worker: WorkerPid) -> psutil.Process | None:
+        kept = self._processes.get(worker.pid)
+        if kept is not None:
+            if kept.is_running():  # same pid and same start time
+                return kept
+            self._forget(worker.pid)
+        try:
+            process = psutil.Process(worker.pid)
+            created_s = process.create_time()
+        except psutil.Error:
+            return None
+        if worker.known_by_s is not None and created_s > worker.known_by_s + CREATE_TIME_SLACK_S:
+            return None  # started after the run last named this pid: someone else's process now
+        self._processes[worker.pid] = process
+        return process
+
+    def _forget(self, pid: int) -> None:
+        self._processes.pop(pid, None)
+        self._tree_cpu_s.pop(pid, None)
+        self._sampled_s.pop(pid, None)
+
+
+# --- reading keys --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def cbreak(fd: int) -> Iterator[bool]:
+    """The terminal on `fd` in cbreak mode while inside: each key arrives as it is pressed, without
+    Enter and without echo, and Ctrl-C still raises SIGINT (cbreak keeps ISIG). The saved mode is
+    put back on every way out, an exception or Ctrl-C included.
+
+    Yields False, touching nothing, when `fd` is not a terminal or this process is in the
+    background of it (changing or reading it there would stop the process with SIGTTOU/SIGTTIN).
+    """
+    try:
+        saved = termios.tcgetattr(fd)
+    except (OSError, termios.error):
+        yield False
+        return
+    try:
+        background = os.tcgetpgrp(fd) != os.getpgrp()
+    except OSError:
+        background = False  # not this process's controlling terminal: no job control stops it
+    if background:
+        yield False
+        return
+    try:
+        tty.setcbreak(fd, termios.TCSANOW)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def stdin_fd() -> int | None:
+    """Standard input's descriptor when it is a terminal, else None (piped, closed, captured)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if os.isatty(fd) else None
+
+
+class KeyReader:
+    """Calls `on_key` once when one of `keys` is pressed on `fd`, from a thread of its own.
+
+    A terminal is put in cbreak mode while the reader is open (see `cbreak`); a pipe is read as it
+    is. The thread also waits on a pipe of its own, so closing wakes it at once instead of waiting
+    for a key. It ends after the key, at the end of the input, or when closed.
+    """
+
+    def __init__(self, fd: int, on_key: Callable[[], None], keys: frozenset[str] = QUIT_KEYS) -> None:
+        self.fd = fd
+        self.on_key = on_key
+        self.keys = keys
+        self.reading = False  # whether keys are read at all (not a background terminal)
+        self._stack = ExitStack()
+        self._wake: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> KeyReader:
+        try:
+            is_terminal = os.isatty(self.fd)
+            in_cbreak = self._stack.enter_context(cbreak(self.fd))
+            self.reading = in_cbreak or not is_terminal
+            if self.reading:
+                self._wake = os.pipe()
+                self._thread = threading.Thread(target=self._read, name="cotrain-keys", daemon=True)
+                self._thread.start()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            if self._wake is not None:
+                os.write(self._wake[1], b"x")
+            if self._thread is not None:
+                self._thread.join()
+        finally:
+            if self._wake is not None:
+                for end in self._wake:
+                    os.close(end)
+            self._wake, self._thread = None, None
+            self._stack.close()  # the terminal's mode, last: the thread no longer reads it
+
+    def _read(self) -> None:
+        assert self._wake is not None
+        wake = self._wake[0]
+        while True:
+            try:
+                ready, _, _ = select.select([self.fd, wake], [], [])
+                if wake in ready:
+                    return
+                data = os.read(self.fd, 64)
+            except (OSError, ValueError):
+                return
+            if not data:
+                return  # end of input
+            if any(key in self.keys for key in data.decode("utf-8", errors="ignore")):
+                self.on_key()
+                return
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
 class Dashboard:
     """Reads a run directory and renders the frame for a screen of the given size."""
 
-    def __init__(self, run_dir: str | Path, *, window_s: float = DEFAULT_WINDOW_S) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        sampler: WorkerSampler | None = None,
+    ) -> None:
         self.reader = RunReader(run_dir)
         self.window_s = window_s
+        self.sampler = sampler or WorkerSampler()
         self.log_lines: list[str] = []  # the runtime's progress lines, when it runs in this process
 
     def frame(self, width: int, now_s: float | None = None) -> Frame:
         records = self.reader.read()
         alive = None
         pid = _runtime_pid(records)
-        if pid is not None and records.status in ("loading", "running"):
+        live = records.status in ("loading", "running")
+        if pid is not None and live:
             alive = pid_alive(pid)
+        workers: list[WorkerUsage] = []
+        if live and now_s is None and alive is not False:
+            # only a live run's pids are its workers': a finished or dead run's may be anyone's now
+            workers = self.sampler.sample(worker_pids(records))
         return build_frame(
             records,
             now_s=now_s,
             window_s=self.window_s,
             chart_bars=chart_bars_for(width),
             runtime_alive=alive,
+            workers=workers,
         )
 
     def render(self, width: int, height: int, footer: str = "", now_s: float | None = None) -> Group:
@@ -772,35 +1119,65 @@ def watch(
     stop: threading.Event | None = None,
     replay_speed: float | None = None,
     screen: bool = True,
-) -> None:
-    """Redraw every `refresh_s` (never faster than MIN_REFRESH_S) until `stop` is set or Ctrl-C.
+    keys_fd: int | None = None,
+    quit_hint: str = WATCH_QUIT_HINT,
+    ctrl_c_hint: str = "Ctrl-C to quit",
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Redraw every `refresh_s` (never faster than MIN_REFRESH_S) until `stop` is set, `q` is
+    pressed on `keys_fd` (which sets `stop` too), or Ctrl-C. Returns True when `q` ended it.
 
-    With `replay_speed`, the run is shown as it was `replay_speed` x the elapsed seconds after
-    its start, from the records alone; the last frame stays up once the replay reaches the end.
+    The last frame stays on the terminal afterwards: drawn once more from the records as they are
+    then, without the footer, and printed below the alternate screen (`screen`) or left as the
+    live display's last state. With `replay_speed`, the run is shown as it was `replay_speed` x
+    the elapsed seconds after its start, from the records alone; the last frame stays up once the
+    replay reaches the end. The footer says what `q` does here (`quit_hint`), or what Ctrl-C does
+    (`ctrl_c_hint`) when no keys are read.
     """
     from rich.live import Live
 
     refresh_s = max(MIN_REFRESH_S, refresh_s)
     stop = stop or threading.Event()
-    footer = f"refresh {refresh_s:g} s · Ctrl-C to quit"
-    if replay_speed:
-        footer = f"replay x{replay_speed:g} · " + footer
-    started = time.monotonic()
+    pressed = threading.Event()
+    started = clock()
 
-    def draw() -> Group:
+    def quit_pressed() -> None:
+        pressed.set()
+        stop.set()
+
+    def draw(footer: str, spare_rows: int = 0) -> Group:
         width, height = console.size
-        now_s = (time.monotonic() - started) * replay_speed if replay_speed else None
-        return dashboard.render(width, height, footer, now_s)
+        now_s = (clock() - started) * replay_speed if replay_speed else None
+        return dashboard.render(width, max(1, height - spare_rows), footer, now_s)
 
-    try:
-        with Live(draw(), console=console, screen=screen, auto_refresh=False, redirect_stderr=False) as live:
-            while not stop.is_set():
-                drawn = time.monotonic()
-                live.update(draw(), refresh=True)
-                if stop.wait(max(0.0, refresh_s - (time.monotonic() - drawn))):
-                    break
-    except KeyboardInterrupt:
-        pass
+    with suppress(KeyboardInterrupt), ExitStack() as stack:
+        keys = None if keys_fd is None else stack.enter_context(KeyReader(keys_fd, quit_pressed))
+        reading = keys is not None and keys.reading
+        footer = f"refresh {refresh_s:g} s · {quit_hint if reading else ctrl_c_hint}"
+        if replay_speed:
+            footer = f"replay x{replay_speed:g} · " + footer
+        live = stack.enter_context(
+            Live(
+                draw(footer),
+                console=console,
+                screen=screen,
+                auto_refresh=False,
+                transient=False,
+                redirect_stderr=False,
+            )
+        )
+        while not stop.is_set():
+            drawn = clock()
+            live.update(draw(footer), refresh=True)
+            if stop.wait(max(0.0, refresh_s - (clock() - drawn))):
+                break
+        if not screen:
+            live.update(draw(""), refresh=True)  # Live leaves its last state on the terminal
+    if screen:  # the alternate screen is gone with everything on it
+        with suppress(KeyboardInterrupt):
+            # a row short of the screen, so the header stays in view above the next prompt
+            console.print(draw("", spare_rows=1), crop=True, soft_wrap=False)
+    return pressed.is_set()
 
 
 R = TypeVar("R")
@@ -813,28 +1190,54 @@ class DashboardThread:
     run cleanly. The dashboard only reads the run directory, as `cotrain watch` would from
     another terminal, at the same bounded rate; the runtime's progress lines go to `log` and
     show in the footer while the models load, instead of scrolling through the screen.
+
+    `q` (read from `keys_fd`, by default standard input when it is a terminal) closes only the
+    dashboard: the run goes on, its last frame stays on the terminal, and from then on the
+    progress lines go to `resume_log` (by default printed on `console`).
     """
 
     def __init__(
-        self, run_dir: str | Path, console: Console, *, refresh_s: float = DEFAULT_REFRESH_S
+        self,
+        run_dir: str | Path,
+        console: Console,
+        *,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        keys_fd: int | Literal["stdin"] | None = "stdin",
+        resume_log: Callable[[str], None] | None = None,
     ) -> None:
         self.dashboard = Dashboard(run_dir)
         self.console = console
         self.refresh_s = refresh_s
+        self.keys_fd = stdin_fd() if keys_fd == "stdin" else keys_fd
+        self.resume_log = resume_log or console.print
+        self.closed = threading.Event()  # set when the user closed the dashboard before the run ended
+        self._lock = threading.Lock()
 
     def log(self, message: str) -> None:
-        self.dashboard.log_lines.append(message)
+        with self._lock:
+            if not self.closed.is_set():
+                self.dashboard.log_lines.append(message)
+                return
+        self.resume_log(message)
+
+    def _show(self, stop: threading.Event) -> None:
+        closed_by_key = watch(
+            self.dashboard,
+            self.console,
+            refresh_s=self.refresh_s,
+            stop=stop,
+            keys_fd=self.keys_fd,
+            quit_hint=RUN_QUIT_HINT,
+            ctrl_c_hint="Ctrl-C stops the run",
+        )
+        if closed_by_key:
+            with self._lock:
+                self.closed.set()
 
     def run_beside(self, work: Callable[[], R]) -> R:
         """Show the dashboard while `work()` runs; take it down before returning or raising."""
         stop = threading.Event()
-        thread = threading.Thread(
-            target=watch,
-            args=(self.dashboard, self.console),
-            kwargs={"refresh_s": self.refresh_s, "stop": stop},
-            name="cotrain-dashboard",
-            daemon=True,
-        )
+        thread = threading.Thread(target=self._show, args=(stop,), name="cotrain-dashboard", daemon=True)
         thread.start()
         try:
             return work()

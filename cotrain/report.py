@@ -8,7 +8,9 @@ and power where the telemetry has them. With several runs, report.md opens with 
 table.
 
 Plots use matplotlib's object API on the Agg canvas (no pyplot state, no display), so the report
-can run in a thread or a headless CI job.
+can run in a thread or a headless CI job. Each plot is a `*_figure` function that returns the
+Figure, with its legends and colours open to inspection, and a `plot_*` that saves it. A legend
+lists only series that were drawn, and goes below the panels where it would hide data.
 """
 
 from __future__ import annotations
@@ -130,6 +132,25 @@ def _figure(rows: int = 1, height_in: float = 3.6) -> tuple[Figure, list[Axes]]:
     return fig, [ax for row in axes for ax in row]
 
 
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path)
+    return path
+
+
+def _legend_below(fig: Figure, axes: Sequence[Axes], ncols: int = 3) -> None:
+    """One legend below the panels, each label once: a legend inside an axes hides the very
+    steps and points it explains. Nothing at all when no series was drawn."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small", frameon=False)
+
+
 def _no_data(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="gray")
 
@@ -139,6 +160,10 @@ def _duration_s(records: RunRecords) -> float:
 
 
 def plot_latency(records: RunRecords, label: str, path: Path) -> Path:
+    return _save(latency_figure(records, label), path)
+
+
+def latency_figure(records: RunRecords, label: str) -> Figure:
     """Every request's latency at its arrival, the p99 of each time bin, and the SLO line.
 
     One panel per inference service. This is the figure in which seed CCGrid'23 showed the
@@ -163,11 +188,8 @@ def plot_latency(records: RunRecords, label: str, path: Path) -> Path:
             _no_data(ax, "no requests recorded")
             continue
         _latency_panel(ax, records.columns(service.name), t0, service.slo_ms, duration)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small", frameon=False)
-    fig.savefig(path)
-    return path
+    _legend_below(fig, axes)
+    return fig
 
 
 def _latency_panel(ax: Axes, requests: RequestColumns, t0: float, slo: float, duration: float) -> None:
@@ -183,7 +205,7 @@ def _latency_panel(ax: Axes, requests: RequestColumns, t0: float, slo: float, du
             ax.scatter(t[chosen], latency[chosen], s=size, color=color, alpha=alpha, label=label)
     bin_s = max(1.0, math.ceil(duration / 150))
     bins = latency_bins(requests, t0, slo, 0.0, duration, bin_s, by_arrival=True)
-    if bins:
+    if any(b.p99_ms is not None for b in bins):
         p99 = [np.nan if b.p99_ms is None else b.p99_ms for b in bins]
         edges = [bins[0].from_s] + [b.to_s for b in bins]
         ax.stairs(
@@ -246,6 +268,10 @@ def cdf_curves(runs: Sequence[tuple[str, RunRecords]]) -> list[CdfCurve]:
 
 
 def plot_latency_cdf(runs: Sequence[tuple[str, RunRecords]], path: Path) -> Path:
+    return _save(latency_cdf_figure(runs), path)
+
+
+def latency_cdf_figure(runs: Sequence[tuple[str, RunRecords]]) -> Figure:
     """The served-latency CDF of each run's each service, with a vertical line at each distinct SLO."""
     fig, (ax,) = _figure(height_in=4.0)
     ax.set_title("latency CDF (failed and shed requests never reach the top)")
@@ -270,11 +296,24 @@ def plot_latency_cdf(runs: Sequence[tuple[str, RunRecords]], path: Path) -> Path
         _no_data(ax, "no inference requests recorded")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    fig.savefig(path)
-    return path
+    return fig
+
+
+LOAD_COLOURS = {  # one colour per series of load.png, none shared
+    "arrived": "tab:gray",
+    "served": "tab:blue",
+    "failed or shed": "tab:red",
+    "reported rate": "black",
+    "queue rebuilt": "tab:orange",
+    "queue reported": "tab:purple",
+}
 
 
 def plot_load(records: RunRecords, label: str, path: Path) -> Path:
+    return _save(load_figure(records, label), path)
+
+
+def load_figure(records: RunRecords, label: str) -> Figure:
     """The controller's service: requests/s arriving, served and lost per time bin, and its queue.
 
     The queue depth the service reported at each control period (telemetry.csv) is drawn over
@@ -294,21 +333,22 @@ def plot_load(records: RunRecords, label: str, path: Path) -> Path:
     if primary is None or t0 is None or not records.requests.get(primary.name):
         _no_data(rates, "no inference requests recorded")
         _no_data(queue, "no inference requests recorded")
-        fig.savefig(path)
-        return path
+        return fig
     requests = records.columns(primary.name)
     bin_s = max(1.0, math.ceil(duration / 100))
     edges = np.arange(0.0, duration + 1e-9, bin_s)  # whole bins only: a partial one reads as a drop
     lost = ~requests.served
-    for name, at, color in (
-        ("arrived", requests.arrival_s, "tab:gray"),
-        ("served", requests.done_s[requests.served], "tab:blue"),
-        ("failed or shed", requests.done_s[lost], "tab:red"),
+    for name, at in (
+        ("arrived", requests.arrival_s),
+        ("served", requests.done_s[requests.served]),
+        ("failed or shed", requests.done_s[lost]),
     ):
-        if name != "arrived" and not at.size:
+        if not at.size:
             continue
         counts, _ = np.histogram(at - t0, bins=edges)
-        rates.stairs(counts / bin_s, edges, baseline=None, color=color, label=f"{name}, per {bin_s:g} s")
+        rates.stairs(
+            counts / bin_s, edges, baseline=None, color=LOAD_COLOURS[name], label=f"{name}, per {bin_s:g} s"
+        )
     own = records.reported_queue(primary.name)
     reported = [(q.t_s, q.arrival_rate_per_s) for q in own if q.arrival_rate_per_s is not None]
     if reported:
@@ -317,7 +357,7 @@ def plot_load(records: RunRecords, label: str, path: Path) -> Path:
             xs,
             ys,
             ".",
-            color="black",
+            color=LOAD_COLOURS["reported rate"],
             markersize=3,
             label="arrival rate the service reported, per control period",
         )
@@ -329,26 +369,34 @@ def plot_load(records: RunRecords, label: str, path: Path) -> Path:
         inside = (index >= 0) & (index < edges.size - 1)
         most = np.full(edges.size - 1, np.nan)
         np.fmax.at(most, index[inside], depths[inside].astype(float))
-        label = f"queue, most per {bin_s:g} s (rebuilt)"
-        queue.stairs(most, edges, baseline=None, color="tab:gray", label=label)
+        if np.isfinite(most).any():
+            label = f"queue, most per {bin_s:g} s (rebuilt)"
+            queue.stairs(most, edges, baseline=None, color=LOAD_COLOURS["queue rebuilt"], label=label)
     depths_reported = [(q.t_s, q.queue_depth) for q in own if q.queue_depth is not None]
     if depths_reported:
         xs, ys = zip(*depths_reported, strict=True)
-        queue.plot(xs, ys, "o", color="tab:purple", markersize=3, label="queue, reported by the service")
+        queue.plot(
+            xs,
+            ys,
+            "o",
+            color=LOAD_COLOURS["queue reported"],
+            markersize=3,
+            label="queue, reported by the service",
+        )
     if not times.size and not depths_reported:
         _no_data(queue, "no request reached a batch")
     else:
         highest = max([0, *depths.tolist(), *(d for _, d in depths_reported)])
         queue.set_ylim(0, highest * 1.05 + 1)
-    # below the panels: a legend inside would hide the very steps a rate change makes
-    handles = [h for ax in (rates, queue) for h in ax.get_legend_handles_labels()[0]]
-    labels = [label for ax in (rates, queue) for label in ax.get_legend_handles_labels()[1]]
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small", frameon=False)
-    fig.savefig(path)
-    return path
+    _legend_below(fig, (rates, queue))
+    return fig
 
 
 def plot_training(records: RunRecords, label: str, path: Path) -> Path:
+    return _save(training_figure(records, label), path)
+
+
+def training_figure(records: RunRecords, label: str) -> Figure:
     """Samples/s of each job per time bin; model deployments as dotted vertical lines."""
     fig, (ax,) = _figure()
     ax.set_title(f"{label}: training throughput")
@@ -370,21 +418,19 @@ def plot_training(records: RunRecords, label: str, path: Path) -> Path:
             ax.axhline(mean, color=stairs.get_edgecolor(), linestyle=":", label=f"{job}, run mean {mean:.1f}")
             drawn = True
     published = [e for e in records.events if e.get("event") == "model_published"]
-    for i, event in enumerate(published):
-        at = event_time_s(event, t0)
-        if at is not None:
-            ax.axvline(
-                at, color="tab:green", linestyle="-.", alpha=0.6, label="model published" if i == 0 else None
-            )
+    times = [at for at in (event_time_s(e, t0) for e in published) if at is not None]
+    for i, at in enumerate(times):
+        ax.axvline(
+            at, color="tab:green", linestyle="-.", alpha=0.6, label="model published" if i == 0 else None
+        )
     if not drawn:
         _no_data(ax, "no training steps recorded")
     else:
-        fig.legend(loc="outside lower center", ncols=4, fontsize="small", frameon=False)
+        _legend_below(fig, [ax], ncols=4)
         ax.set_ylim(bottom=0)
     ax.set_xlim(0, duration)
     ax.grid(alpha=0.3)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 KNOB_LABELS: dict[str, tuple[str, str]] = {  # knob -> (what it is, the y axis unit)
@@ -432,7 +478,14 @@ def knob_panels(records: RunRecords) -> list[KnobPanel]:
 
 
 def plot_knobs(records: RunRecords, label: str, path: Path) -> Path:
-    """Step plots of the knobs over the run, from decisions.jsonl (power mode from telemetry)."""
+    return _save(knobs_figure(records, label), path)
+
+
+def knobs_figure(records: RunRecords, label: str) -> Figure:
+    """Step plots of the knobs over the run, from decisions.jsonl (power mode from telemetry).
+
+    The legend goes below the panels: inside the batch-size panel it covered the very line it
+    explains."""
     from matplotlib.ticker import MaxNLocator
 
     panels = knob_panels(records)
@@ -448,7 +501,7 @@ def plot_knobs(records: RunRecords, label: str, path: Path) -> Path:
         values = [v for _, v in panel.steps]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             ys = [float(v) for v in values if isinstance(v, int | float)]
-            ax.step(xs, [*ys, ys[-1]], where="post", color="tab:purple", label="setting")
+            ax.step(xs, [*ys, ys[-1]], where="post", color="tab:purple", label="knob setting")
             low, high = min(ys), max(ys)
             if panel.title == "inference max batch size" and primary is not None and t0 is not None:
                 # what the batcher really formed under that ceiling
@@ -456,7 +509,7 @@ def plot_knobs(records: RunRecords, label: str, path: Path) -> Path:
                 columns = records.columns(primary.name)
                 bins = latency_bins(columns, t0, primary.slo_ms, 0.0, duration, bin_s, by_arrival=True)
                 means = [np.nan if b.mean_batch is None else b.mean_batch for b in bins]
-                if bins:
+                if any(b.mean_batch is not None for b in bins):
                     edges = [bins[0].from_s] + [b.to_s for b in bins]
                     ax.stairs(
                         means,
@@ -465,7 +518,6 @@ def plot_knobs(records: RunRecords, label: str, path: Path) -> Path:
                         color="tab:gray",
                         label=f"mean batch served, per {bin_s:g} s",
                     )
-                    ax.legend(loc="upper left", fontsize="x-small")
                     low = min([low, *(m for m in means if not math.isnan(m))])
             span = high - low
             ax.set_ylim(low - max(0.5, 0.1 * span), high + max(0.5, 0.1 * span))
@@ -478,7 +530,7 @@ def plot_knobs(records: RunRecords, label: str, path: Path) -> Path:
             names = [str(v) for v in values]
             levels = sorted(set(names), key=names.index)
             ys_cat = [levels.index(n) for n in names]
-            ax.step(xs, [*ys_cat, ys_cat[-1]], where="post", color="tab:purple")
+            ax.step(xs, [*ys_cat, ys_cat[-1]], where="post", color="tab:purple", label="knob setting")
             ax.set_yticks(range(len(levels)), levels, fontsize="small")
             ax.set_ylim(-0.5, len(levels) - 0.5)
         ax.set_title(panel.title, loc="left", fontsize="small")
@@ -486,11 +538,15 @@ def plot_knobs(records: RunRecords, label: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("time since run start (s)")
     axes[-1].set_xlim(0, duration)
-    fig.savefig(path)
-    return path
+    _legend_below(fig, axes)
+    return fig
 
 
 def plot_platform(records: RunRecords, label: str, path: Path) -> Path:
+    return _save(platform_figure(records, label), path)
+
+
+def platform_figure(records: RunRecords, label: str) -> Figure:
     """CPU and GPU utilisation (%), and power (W) and temperature (°C) where the platform gives them."""
     telemetry = records.telemetry
     t = [s.t_s for s in telemetry]
@@ -516,7 +572,10 @@ def plot_platform(records: RunRecords, label: str, path: Path) -> Path:
             if any(v is not None for v in values):
                 util.plot(t, [np.nan if v is None else v for v in values], color=color, label=name)
         util.set_ylim(0, 105)
-        util.legend(loc="lower right", fontsize="small")
+        if util.get_legend_handles_labels()[0]:
+            util.legend(loc="lower right", fontsize="small")
+        else:
+            _no_data(util, f"no utilisation measured ({source})")
     units = {"power": ("power (W)", "tab:red"), "temperature": ("temperature (°C)", "tab:brown")}
     for ax, name in zip(axes[1:], extra, strict=True):
         ylabel, color = units[name]
@@ -526,8 +585,7 @@ def plot_platform(records: RunRecords, label: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("time since run start (s)")
     axes[-1].set_xlim(0, _duration_s(records))
-    fig.savefig(path)
-    return path
+    return fig
 
 
 # --- markdown ----------------------------------------------------------------------------------------
@@ -629,7 +687,8 @@ def _run_section(label: str, records: RunRecords, head: Headline, images: Sequen
     out.append(f"### Events ({len(notable)}; knob acknowledgements left out)")
     out.append("")
     for e in notable[-MAX_EVENTS_LISTED:]:
-        out.append(f"- {_fmt(e.t_s, '.1f', ' s')}: `{e.name}` {_md(e.text)}")
+        when = "load" if e.loading else _fmt(e.t_s, ".1f", " s")  # run seconds, as the plots
+        out.append(f"- {when}: `{e.name}` {_md(e.text)}")
     out.append("")
     return "\n".join(out)
 

@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -217,6 +218,7 @@ class RunRecords:
     status: str  # loading | running | completed | failed | interrupted
     request_columns: Mapping[str, RequestColumns] = field(default_factory=dict)  # kept by RunReader
     queues: Mapping[str, Sequence[QueueReport]] = field(default_factory=dict)  # service -> queue.csv rows
+    processes: Mapping[str, int] = field(default_factory=dict)  # worker -> pid, from processes.json
 
     def columns(self, service: str) -> RequestColumns:
         """The service's requests as columns (built here if the reader did not keep them)."""
@@ -569,6 +571,7 @@ class RunReader:
         self.run = RunDir(path)
         self._config = _WholeFile(self.run.config, yaml.safe_load)
         self._summary = _WholeFile(self.run.summary, json.loads)
+        self._processes = _WholeFile(self.run.processes, json.loads)
         self._events = JsonlTail(self.run.events, _identity)
         self._decisions = JsonlTail(self.run.decisions, decision)
         self._telemetry = CsvTail(self.run.telemetry_csv, telemetry_row)
@@ -612,6 +615,7 @@ class RunReader:
             status=status,
             request_columns={name: self._columns_of(name, rows) for name, rows in requests.items()},
             queues={name: list(tail.read()) for name, tail in self._queues.items()},
+            processes=worker_pids(self._processes.read()),
         )
 
     def _columns_of(self, name: str, rows: list[RequestRow]) -> RequestColumns:
@@ -626,6 +630,16 @@ class RunReader:
             columns = columns.concat(RequestColumns.from_rows(rows[seen:]))
         self._columns[name] = (generation, len(rows), columns)
         return columns
+
+
+def worker_pids(data: Mapping[str, Any] | None) -> dict[str, int]:
+    """processes.json (worker name -> pid, rewritten by the supervisor on every restart), keeping
+    only entries that are a name and a positive pid."""
+    return {
+        str(name): pid
+        for name, pid in (data or {}).items()
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+    }
 
 
 def read_run(path: str | Path) -> RunRecords:
@@ -853,6 +867,23 @@ def event_time_s(event: Mapping[str, Any], t0_mono_s: float | None) -> float | N
     if t_mono is not None and t0_mono_s is not None:
         return t_mono - t0_mono_s
     return None
+
+
+def event_wall_s(event: Mapping[str, Any]) -> float | None:
+    """An event's wall-clock time (its `wall`, ISO 8601) as Unix seconds; None if absent or garbled.
+
+    Only for comparing with the kernel's process start times (psutil's `create_time`), which are
+    wall-clock; the dashboard shows run seconds since t0."""
+    wall = event.get("wall")
+    if not isinstance(wall, str) or not wall:
+        return None
+    try:
+        stamp = datetime.fromisoformat(wall)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)  # the runtime writes UTC
+    return stamp.timestamp()
 
 
 def pid_alive(pid: int) -> bool:

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from cotrain.bench import BenchError, best_static, oracle_grid, row_from_run, run_bench
+from cotrain.bench import (
+    BenchError,
+    bench_figures,
+    best_static,
+    oracle_grid,
+    plot_bench,
+    row_from_run,
+    run_bench,
+)
 from cotrain.cli import main
 from cotrain.config import parse_config
 from tests.conftest import TINY
@@ -170,3 +178,77 @@ def _write(tmp_path: Path, data: dict[str, Any]) -> str:
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+# --- the charts, inspected as objects --------------------------------------------------------------------
+
+
+def bench_result(platform: str = "sim", budget_w: float | None = 30.0) -> dict[str, Any]:
+    """bench.json as the simulated bench writes it: every row with its mean power."""
+    rows = [
+        {"controller": "static", "meets_slo": True, "training_samples_per_s": 40.0, "latency_ms_p99": 150.0},
+        {
+            "controller": "adaptive",
+            "meets_slo": True,
+            "training_samples_per_s": 55.0,
+            "latency_ms_p99": 190.0,
+        },
+        {"controller": "naive", "meets_slo": True, "training_samples_per_s": 60.0, "latency_ms_p99": None},
+    ]
+    for row, power_w in zip(rows, (25.0, 34.0, None), strict=True):
+        row["power_w"] = power_w
+    return {
+        "scenario": "experiments/bench-orin-sim.yaml",
+        "platform": platform,
+        "slo_ms": 200.0,
+        "power_budget_w": budget_w,
+        "rows": rows,
+    }
+
+
+def titles(fig: Any) -> str:
+    return " ".join(ax.get_title() for ax in fig.axes)
+
+
+def legend_labels(fig: Any) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_bench_charts_name_the_scenario_and_the_platform(tmp_path: Path) -> None:
+    result = run_bench(scenario(), tmp_path / "out", "tiny.yaml", run_one=fake_run, show_progress=False)
+
+    real = bench_figures(result)
+    simulated = bench_figures(bench_result())
+
+    assert all("tiny.yaml on host" in titles(fig) for fig in real.values())
+    assert all("bench-orin-sim.yaml on simulated AGX Orin" in titles(fig) for fig in simulated.values())
+    assert "power" not in " ".join(real)  # a bench with no power budget gets no power chart
+
+
+def test_a_power_budget_adds_a_power_chart_with_the_budget_as_a_line(tmp_path: Path) -> None:
+    result = bench_result(budget_w=30.0)
+
+    figures = bench_figures(result)
+    written = plot_bench(result, tmp_path)
+
+    assert sorted(p.name for p in written) == ["bench-p99.png", "bench-power.png", "bench-training.png"]
+    (ax,) = figures["bench-power.png"].axes
+    budget = [line for line in ax.get_lines() if line.get_label() == "power budget 30 W"]
+    assert len(budget) == 1 and list(budget[0].get_ydata()) == [30.0, 30.0]
+    assert [b.get_height() for b in ax.patches] == [25.0, 34.0, 0.0]
+    assert [t.get_text() for t in ax.texts] == ["25", "34", "-"]  # no measurement reads "-", not 0
+    assert legend_labels(figures["bench-power.png"]) == [
+        "within the power budget",
+        "over the power budget",
+        "not measured",
+        "power budget 30 W",
+    ]
+    assert "bench-power.png" not in bench_figures(bench_result(budget_w=None))
+
+
+def test_no_legend_entry_for_a_category_no_bar_has() -> None:
+    """Every row meets the SLO: the old legend still offered red for a row that misses it."""
+    figures = bench_figures(bench_result())
+
+    assert legend_labels(figures["bench-training.png"]) == ["meets the SLO"]
+    assert legend_labels(figures["bench-p99.png"]) == ["meets the SLO", "SLO 200 ms"]

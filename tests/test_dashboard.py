@@ -27,13 +27,21 @@ from rich.console import Console
 
 from cotrain import cli
 from cotrain.dashboard import (
+    MET_MARK,
+    MISSED_MARK,
+    RUN_QUIT_HINT,
+    WATCH_QUIT_HINT,
+    Dashboard,
     DashboardThread,
     Frame,
+    KeyReader,
+    WorkerSampler,
     build_frame,
     describe_action,
     latency_chart,
     render_frame,
     render_lines,
+    watch,
 )
 from cotrain.runread import (
     CsvTail,
@@ -49,6 +57,7 @@ from cotrain.runread import (
 
 RECORDED = Path(__file__).parent / "data" / "recorded-run"
 SUMMARY = json.loads((RECORDED / "summary.json").read_text(encoding="utf-8"))
+ALT_SCREEN_OFF = "\x1b[?1049l"  # rich leaves the alternate screen: what follows stays on the terminal
 
 
 def frame_text(frame: Frame, width: int, height: int) -> str:
@@ -366,14 +375,49 @@ def test_bars_over_the_slo_are_red_and_the_slo_row_is_dashed() -> None:
     service = build_frame(read_run(RECORDED), chart_bars=20).services[0]
     over = replace(service.chart[0], p99_ms=350.0)  # one bar 1.75 x over the 200 ms SLO
 
-    chart = latency_chart(replace(service, chart=[over, *service.chart[1:]]), 40, 4)
+    chart = latency_chart(replace(service, chart=[over, *service.chart[1:]]), 40, 5)
 
-    assert len(chart) == 4  # three bar rows and the attainment strip
+    assert len(chart) == 5  # three bar rows, the attainment strip and its legend
     top, slo_row = chart[0], chart[1]
     assert top.plain.startswith("   350│█")  # scale 0-350 ms: the bar over the SLO fills the top row
     assert {str(s.style) for s in top.spans if top.plain[s.start : s.end] == "█"} == {"red"}
     assert slo_row.plain.startswith("   SLO│") and "┄" in slo_row.plain
     assert "▀" in chart[3].plain
+
+
+def test_the_attainment_strip_reads_without_colour() -> None:
+    """The strip was one glyph in green or red: without colour (NO_COLOR, colour blindness) a
+    window that missed the SLO looked like one that met it. Now its shape differs, and a legend
+    line says what each shape means."""
+    service = build_frame(read_run(RECORDED), chart_bars=20).services[0]
+    missed = replace(service.chart[2], within_slo=service.chart[2].done - 1)  # one request late
+    assert missed.attainment is not None and 0.5 < missed.attainment < 0.99
+    chart = latency_chart(replace(service, chart=[*service.chart[:2], missed, *service.chart[3:]]), 40, 5)
+
+    strip, legend = chart[3].plain, chart[4].plain
+
+    assert strip.startswith("attain│")
+    marks = strip.removeprefix("attain│")
+    assert marks[2] == MISSED_MARK and marks.count(MISSED_MARK) == 1
+    assert set(marks) - {MISSED_MARK} == {MET_MARK}
+    assert "▀ met the SLO (≥99% within 200 ms)" in legend and "✗ missed" in legend
+    text = frame_text(build_frame(read_run(RECORDED), chart_bars=72), 80, 24)  # no colour at all
+    assert "▀ met the SLO" in text and "attain│▀▀▀" in text
+
+
+def test_the_strip_uses_the_bench_attainment_target_when_the_config_has_one(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["bench"] = {"slo_attainment_target": 0.9}
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    frame = build_frame(read_run(run), chart_bars=20)
+    service = frame.services[0]
+    late = replace(service.chart[0], done=20, within_slo=19)  # 95%: met at 0.9, missed at 0.99
+
+    chart = latency_chart(replace(service, chart=[late]), 40, 5, frame.attainment_target)
+
+    assert frame.attainment_target == 0.9
+    assert chart[3].plain == f"attain│{MET_MARK}" and "≥90%" in chart[4].plain
 
 
 def test_queue_depth_is_rebuilt_from_arrivals_and_batch_starts() -> None:
@@ -461,7 +505,7 @@ def test_watch_refuses_a_directory_that_is_not_a_run(
 def test_the_dashboard_thread_draws_while_the_work_runs_and_stops_after() -> None:
     out = io.StringIO()
     console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
-    shown = DashboardThread(RECORDED, console, refresh_s=0.2)
+    shown = DashboardThread(RECORDED, console, refresh_s=0.2, keys_fd=None)
     drawn = threading.Event()
 
     def work() -> int:
@@ -476,11 +520,14 @@ def test_the_dashboard_thread_draws_while_the_work_runs_and_stops_after() -> Non
     assert shown.run_beside(work) == 42
     assert drawn.is_set()
     assert not any(t.name == "cotrain-dashboard" for t in threading.enumerate())
+    after = out.getvalue().split(ALT_SCREEN_OFF)[-1]  # the run is over: its last frame stays
+    assert "SLO 200 ms" in after and "Ctrl-C stops the run" not in after
+    assert "Ctrl-C stops the run" in out.getvalue()  # the footer while it ran (no keys read here)
 
 
 def test_the_dashboard_thread_stops_when_the_work_raises() -> None:
     console = Console(file=io.StringIO(), width=80, height=24, force_terminal=True)
-    shown = DashboardThread(RECORDED, console, refresh_s=0.2)
+    shown = DashboardThread(RECORDED, console, refresh_s=0.2, keys_fd=None)
 
     def work() -> None:
         raise RuntimeError("run failed")
@@ -488,6 +535,306 @@ def test_the_dashboard_thread_stops_when_the_work_raises() -> None:
     with pytest.raises(RuntimeError, match="run failed"):
         shown.run_beside(work)
     assert not any(t.name == "cotrain-dashboard" for t in threading.enumerate())
+
+
+# --- events in one time base ---------------------------------------------------------------------------
+
+
+def test_every_event_is_stamped_in_run_seconds_never_wall_clock(tmp_path: Path) -> None:
+    """Before t0 was known the event lines showed wall-clock HH:MM:SS, after it run seconds: two
+    time bases in one list. Now a loading event reads "load" until t0 is known, then its negative
+    run seconds, like the report; a monotonic field is shown in run seconds too."""
+    records = read_run(RECORDED)
+    assert records.t0_mono_s is not None
+    loading = tmp_path / "loading"
+    loading.mkdir()
+    shutil.copy(RECORDED / "config.yaml", loading / "config.yaml")
+    early = (RECORDED / "events.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:5]
+    (loading / "events.jsonl").write_text("".join(early), encoding="utf-8")
+    run = copy_run(tmp_path)
+    swapped = {
+        "event": "model_swapped",
+        "t_mono_s": records.t0_mono_s + 3.6,
+        "t_s": 3.6,
+        "wall": "2026-12-01T00:57:51.709+00:00",
+        "worker": "inference",
+        "version": 1,
+        "swapped_mono_s": records.t0_mono_s + 3.5,
+    }
+    lines = (run / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    stop = next(i for i, line in enumerate(lines) if '"run_stopped"' in line)
+    lines.insert(stop, json.dumps(swapped))
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    while_loading = frame_text(build_frame(read_run(loading), chart_bars=72), 100, 40)
+    finished = build_frame(read_run(run), chart_bars=72)
+    after = frame_text(finished, 100, 60)
+
+    assert [ln.split()[0] for ln in while_loading.splitlines() if "run_created" in ln] == ["load"]
+    assert sum(1 for ln in while_loading.splitlines() if ln.startswith("    load worker_ready")) == 2
+    assert "00:57" not in while_loading and "00:57" not in after  # no wall-clock anywhere
+    created = next(e for e in finished.events if e.name == "run_created")
+    assert created.t_s == pytest.approx(-6.667, abs=1e-3) and not created.loading
+    assert "   -6.7s run_created" in after
+    assert "swapped_s=3.500" in after and "mono" not in after
+
+
+# --- keys --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pty_pair() -> Any:
+    """(controller, terminal) ends of a fresh pseudo-terminal, closed afterwards."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    yield controller, terminal
+    os.close(controller)
+    os.close(terminal)
+
+
+def test_q_is_read_without_enter_and_the_terminal_mode_comes_back(pty_pair: tuple[int, int]) -> None:
+    import termios
+
+    controller, terminal = pty_pair
+    saved = termios.tcgetattr(terminal)
+    pressed = threading.Event()
+
+    with KeyReader(terminal, pressed.set) as keys:
+        assert keys.reading
+        assert not termios.tcgetattr(terminal)[3] & termios.ICANON  # cbreak: keys one by one
+        os.write(controller, b"x")  # any other key is ignored
+        os.write(controller, b"q")  # no newline: a line-buffered read would never see it
+        assert pressed.wait(10.0)
+
+    assert termios.tcgetattr(terminal) == saved
+
+
+def test_q_through_a_pipe_and_closing_without_a_key() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        pressed = threading.Event()
+        with KeyReader(read_end, pressed.set):
+            os.write(write_end, b"q")
+            assert pressed.wait(10.0)
+        untouched = threading.Event()
+        with KeyReader(read_end, untouched.set):
+            pass  # closing wakes the reader at once, with no key pressed
+        assert not untouched.is_set()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+class GatedDashboard(Dashboard):
+    """The recorded run's dashboard, which sets `drawn` after each frame and can raise instead."""
+
+    def __init__(
+        self, run_dir: Path, raise_on: int | None = None, error: BaseException | None = None
+    ) -> None:
+        super().__init__(run_dir)
+        self.drawn = threading.Event()
+        self.frames = 0
+        self.raise_on, self.error = raise_on, error
+
+    def render(self, width: int, height: int, footer: str = "", now_s: float | None = None) -> Any:
+        self.frames += 1
+        if self.raise_on is not None and self.frames >= self.raise_on and self.error is not None:
+            raise self.error
+        group = super().render(width, height, footer, now_s)
+        self.drawn.set()
+        return group
+
+
+def terminal_console(out: io.StringIO, width: int = 100, height: int = 30) -> Console:
+    return Console(file=out, width=width, height=height, force_terminal=True, color_system=None)
+
+
+def test_q_quits_watch_and_its_last_frame_stays(pty_pair: tuple[int, int]) -> None:
+    import termios
+
+    controller, terminal = pty_pair
+    saved = termios.tcgetattr(terminal)
+    out = io.StringIO()
+    dashboard = GatedDashboard(RECORDED)
+    result: list[bool] = []
+    # 1000 s between frames: only the key can end it in time
+    thread = threading.Thread(
+        target=lambda: result.append(
+            watch(dashboard, terminal_console(out), refresh_s=1000, keys_fd=terminal)
+        )
+    )
+    thread.start()
+    assert dashboard.drawn.wait(10.0)
+
+    os.write(controller, b"q")
+    thread.join(10.0)
+
+    assert not thread.is_alive() and result == [True]
+    assert f"refresh 1000 s · {WATCH_QUIT_HINT}" in out.getvalue()
+    after = out.getvalue().split(ALT_SCREEN_OFF)[-1]  # what stays once the alternate screen is gone
+    assert "completed" in after and "SLO 200 ms" in after and WATCH_QUIT_HINT not in after
+    assert termios.tcgetattr(terminal) == saved
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("disk gone")])
+def test_the_terminal_mode_comes_back_when_watch_is_interrupted_or_fails(
+    pty_pair: tuple[int, int], error: BaseException
+) -> None:
+    import termios
+
+    _, terminal = pty_pair
+    saved = termios.tcgetattr(terminal)
+    dashboard = GatedDashboard(RECORDED, raise_on=2, error=error)
+
+    if isinstance(error, KeyboardInterrupt):
+        assert watch(dashboard, terminal_console(io.StringIO()), refresh_s=0.2, keys_fd=terminal) is False
+    else:
+        with pytest.raises(RuntimeError, match="disk gone"):
+            watch(dashboard, terminal_console(io.StringIO()), refresh_s=0.2, keys_fd=terminal)
+
+    assert termios.tcgetattr(terminal) == saved
+    assert not any(t.name == "cotrain-keys" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("screen", [True, False])
+def test_the_last_frame_stays_when_watch_is_stopped(screen: bool) -> None:
+    out = io.StringIO()
+    stop = threading.Event()
+    stop.set()
+
+    assert watch(Dashboard(RECORDED), terminal_console(out), stop=stop, screen=screen) is False
+
+    shown = out.getvalue().split(ALT_SCREEN_OFF)[-1] if screen else out.getvalue()
+    assert "SLO 200 ms" in shown and "completed" in shown
+    assert "Ctrl-C to quit" in out.getvalue()  # no keys read: the footer says how to quit instead
+
+
+def test_q_closes_only_the_dashboard_and_the_run_goes_on(pty_pair: tuple[int, int]) -> None:
+    controller, terminal = pty_pair
+    out = io.StringIO()
+    resumed: list[str] = []
+    shown = DashboardThread(
+        RECORDED, terminal_console(out), refresh_s=0.2, keys_fd=terminal, resume_log=resumed.append
+    )
+    gated = GatedDashboard(RECORDED)
+    shown.dashboard = gated
+
+    def work() -> int:
+        shown.log("  inference ready (pid 1, resnet18/fp32)")  # while the dashboard is up
+        assert gated.drawn.wait(10.0)
+        os.write(controller, b"q")
+        assert shown.closed.wait(10.0)  # the dashboard is down and the work still runs
+        shown.log("running for 8 s")
+        return 42
+
+    assert shown.run_beside(work) == 42
+    assert resumed == ["running for 8 s"]  # progress lines resume once the dashboard is closed
+    assert RUN_QUIT_HINT in out.getvalue()
+    assert "SLO 200 ms" in out.getvalue().split(ALT_SCREEN_OFF)[-1]  # its last frame stays
+    assert not any(t.name == "cotrain-dashboard" for t in threading.enumerate())
+
+
+# --- the workers' CPU and memory ---------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def live_run(tmp_path: Path, workers: dict[str, int], spawned_wall_s: float) -> Path:
+    """The recorded run cut at run_started (so still running), its runtime this test process, and
+    `workers` (name -> pid) in processes.json, each named by a worker_spawned at `spawned_wall_s`."""
+    from datetime import datetime, timezone
+
+    run = copy_run(tmp_path)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    started = next(i for i, e in enumerate(events) if e["event"] == "run_started")
+    events = [e for e in events[: started + 1] if e["event"] not in ("worker_spawned", "worker_ready")]
+    events[0]["pid"] = os.getpid()
+    wall = datetime.fromtimestamp(spawned_wall_s, timezone.utc).isoformat(timespec="milliseconds")
+    spawned = [
+        {"event": "worker_spawned", "t_s": None, "wall": wall, "worker": w, "pid": p}
+        for w, p in workers.items()
+    ]
+    events[1:1] = spawned
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    (run / "processes.json").write_text(json.dumps(workers), encoding="utf-8")
+    return run
+
+
+def test_workers_cpu_and_memory_for_a_live_pid_and_a_dash_for_a_dead_one(tmp_path: Path) -> None:
+    import psutil
+
+    me = psutil.Process()
+    run = live_run(tmp_path, {"inference": os.getpid(), "train:cl": dead_pid()}, me.create_time() + 1)
+    clock = FakeClock()
+    dashboard = Dashboard(run, sampler=WorkerSampler(clock=clock))
+
+    first = dashboard.frame(100)
+    sum(i * i for i in range(200_000))  # some CPU time between the two samples
+    clock.now_s += 0.5
+    second = dashboard.frame(100)
+
+    assert first.status == "running"
+    mine, gone = second.workers
+    assert (mine.name, mine.pid) == ("inference", os.getpid())
+    assert first.workers[0].cpu_percent is None  # one sample: no interval to measure over yet
+    assert first.workers[0].rss_mb is not None and first.workers[0].rss_mb > 10
+    assert mine.cpu_percent is not None and mine.cpu_percent > 0
+    assert gone.cpu_percent is None and gone.rss_mb is None
+    text = frame_text(second, 100, 40)
+    line = next(ln for ln in text.splitlines() if ln.startswith(" inference cpu "))
+    assert f"inference cpu {mine.cpu_percent:.0f}%" in line and " MB" in line
+    assert "train:cl cpu - rss -" in line
+
+
+def test_a_reused_pid_shows_a_dash_not_someone_elses_figures(tmp_path: Path) -> None:
+    """processes.json still names a worker's pid after the worker exited; here the pid belongs to
+    a process started an hour after the run last named it, so it is not the worker."""
+    import psutil
+
+    run = live_run(tmp_path, {"inference": os.getpid()}, psutil.Process().create_time() - 3600)
+    clock = FakeClock()
+    dashboard = Dashboard(run, sampler=WorkerSampler(clock=clock))
+
+    dashboard.frame(100)
+    clock.now_s += 1.0
+    (worker,) = dashboard.frame(100).workers
+
+    assert worker.cpu_percent is None and worker.rss_mb is None
+
+
+def test_a_finished_or_replayed_run_shows_no_worker_figures(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    (run / "processes.json").write_text(json.dumps({"inference": os.getpid()}), encoding="utf-8")
+    dashboard = Dashboard(run, sampler=WorkerSampler(clock=FakeClock()))
+    live = live_run(tmp_path / "live", {"inference": os.getpid()}, time.time())
+
+    finished = dashboard.frame(100)
+    replayed = Dashboard(live, sampler=WorkerSampler(clock=FakeClock())).frame(100, now_s=0.5)
+
+    assert read_run(run).processes == {"inference": os.getpid()}
+    assert finished.status == "completed" and finished.workers == []
+    assert replayed.workers == []
+    assert "rss" not in frame_text(finished, 100, 40)
+
+
+def test_a_garbled_processes_json_reads_as_no_workers(tmp_path: Path) -> None:
+    run = copy_run(tmp_path)
+    for garbage in ("{not json", '["a", 1]', '{"inference": "12", "x": -3, "y": true}'):
+        (run / "processes.json").write_text(garbage, encoding="utf-8")
+        assert read_run(run).processes == {}
 
 
 TMUX = shutil.which("tmux")
@@ -513,7 +860,9 @@ def test_watch_follows_a_run_being_written_in_a_real_80x24_terminal(tmp_path: Pa
 
     The run directory is written as a run would write it: first only config.yaml and
     run_created (models loading), then the start, half the requests and a torn line, then
-    the rest. The pane must follow each step, fit 80x24, and Ctrl-C must end the dashboard.
+    the rest. The pane must follow each step and fit 80x24. Then `q` must end the dashboard,
+    leave its last frame on the terminal and the terminal's mode as it found it; a second
+    `cotrain watch` in the same pane must end on Ctrl-C.
     """
     assert TMUX is not None
     run = tmp_path / "live"
@@ -528,9 +877,23 @@ def test_watch_follows_a_run_being_written_in_a_real_80x24_terminal(tmp_path: Pa
     requests = (RECORDED / "requests.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     tmux = [TMUX, "-L", f"cotrain-test-{os.getpid()}", "-f", "/dev/null"]
     env = {**os.environ, "LANG": "C.UTF-8"}
-    command = f"{sys.executable} -m cotrain watch {run} --refresh-s 0.2"
+    watch_command = f"{sys.executable} -m cotrain watch {run} --refresh-s 0.2"
+    script = tmp_path / "pane.sh"
+    script.write_text(
+        "trap true INT\n"  # a handler, not an ignore: the dashboard still gets Ctrl-C's SIGINT
+        f"stty -g > {tmp_path}/mode-before\n"
+        f"{watch_command}\n"
+        'echo "watch exited $?"\n'
+        f"stty -g > {tmp_path}/mode-after\n"
+        f"{watch_command}\n"
+        'echo "watch stopped $?"\n'
+        "exec cat\n",
+        encoding="utf-8",
+    )
     subprocess.run(
-        [*tmux, "new-session", "-d", "-s", "dash", "-x", "80", "-y", "24", command], check=True, env=env
+        [*tmux, "new-session", "-d", "-s", "dash", "-x", "80", "-y", "24", f"sh {script}"],
+        check=True,
+        env=env,
     )
     try:
         _capture(tmux, lambda f: "loading" in f and "run_created" in f)
@@ -556,14 +919,19 @@ def test_watch_follows_a_run_being_written_in_a_real_80x24_terminal(tmp_path: Pa
 
         lines = done.rstrip("\n").split("\n")
         assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+        assert "q: quit watch" in done
+
+        subprocess.run([*tmux, "send-keys", "-t", "dash", "q"], check=True)
+        quit_ = _capture(tmux, lambda f: "watch exited 0" in f)
+        assert "cotrain quickstart  completed" in quit_ and f"served {len(requests) - 1} " in quit_
+        assert "q: quit watch" not in quit_  # the frame that stays is the final one, without footer
+
+        again = _capture(tmux, lambda f: "q: quit watch" in f and "watch exited" not in f)
+        assert "completed" in again
+        before = (tmp_path / "mode-before").read_text(encoding="utf-8")
+        assert before and (tmp_path / "mode-after").read_text(encoding="utf-8") == before
         subprocess.run([*tmux, "send-keys", "-t", "dash", "C-c"], check=True)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if subprocess.run([*tmux, "has-session", "-t", "dash"], capture_output=True).returncode != 0:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the dashboard did not exit on Ctrl-C")
+        _capture(tmux, lambda f: "watch stopped 0" in f, deadline_s=10.0)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
 

@@ -5,13 +5,27 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from matplotlib.figure import Figure
 
 from cotrain import cli
 from cotrain.records import read_csv_rows
-from cotrain.report import cdf_curves, headline, knob_panels, platform_note, run_labels, write_report
+from cotrain.report import (
+    cdf_curves,
+    headline,
+    knob_panels,
+    knobs_figure,
+    latency_figure,
+    load_figure,
+    platform_figure,
+    platform_note,
+    run_labels,
+    training_figure,
+    write_report,
+)
 from cotrain.runread import read_run
 
 RECORDED = Path(__file__).parent / "data" / "recorded-run"
@@ -225,3 +239,97 @@ def test_the_load_plot_is_written_with_or_without_the_reported_queue(tmp_path: P
         written = write_report([source], out, show_progress=False)
         assert (out / "load.png") in written and (out / "load.png").read_bytes()[:8] == PNG_MAGIC
         assert "](load.png)" in written[0].read_text(encoding="utf-8")
+
+
+# --- the figures, inspected as objects -----------------------------------------------------------------
+
+
+def drawn(fig: Figure) -> Any:
+    """The figure laid out on an Agg canvas (as savefig would), so extents are final."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def legend_labels(fig: Figure) -> list[str]:
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+    return [text.get_text() for legend in legends for text in legend.get_texts()]
+
+
+def test_the_knobs_legend_is_below_the_panels_not_over_the_batch_size_line() -> None:
+    fig = knobs_figure(read_run(RECORDED), "recorded-run")
+    renderer = drawn(fig)
+
+    assert all(ax.get_legend() is None for ax in fig.axes)  # none inside a panel
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    assert legend_labels(fig) == ["knob setting", "mean batch served, per 1 s"]
+
+
+def series_colours(fig: Figure) -> list[str]:
+    from matplotlib.colors import to_hex
+    from matplotlib.patches import StepPatch
+
+    colours = []
+    for ax in fig.axes:
+        colours += [to_hex(line.get_color()) for line in ax.get_lines()]
+        colours += [to_hex(p.get_edgecolor()) for p in ax.patches if isinstance(p, StepPatch)]
+    return colours
+
+
+def test_every_series_of_the_load_plot_has_its_own_colour(tmp_path: Path) -> None:
+    """The rebuilt queue was drawn in the grey of the arrivals above it."""
+    run = copy_run(tmp_path, "busy")
+    lines = (run / "telemetry.csv").read_text(encoding="utf-8").splitlines()
+    rows = [lines[0] + ",queue_depth,arrival_rate_per_s"] + [
+        f"{line},{i % 3},20.0" for i, line in enumerate(lines[1:])
+    ]
+    (run / "telemetry.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    shed_every(run, 5)
+
+    fig = load_figure(read_run(run), "busy")
+
+    colours = series_colours(fig)
+    assert len(colours) == 6  # arrived, served, lost; the reported rate; the queue rebuilt and reported
+    assert len(set(colours)) == len(colours)
+    assert len(legend_labels(fig)) == 6
+
+
+def shed_every(run: Path, n: int) -> None:
+    """Turn every `n`th request of the run's requests.csv into one shed on arrival (1: all)."""
+    lines = (run / "requests.csv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split(",")
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        fields = dict(zip(header, line.split(","), strict=True))
+        if i % n == n - 1:
+            fields.update(start_s="", end_s="", latency_ms="", batch_size="", outcome="shed")
+        out.append(",".join(fields[h] for h in header))
+    (run / "requests.csv").write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def test_no_legend_entry_for_a_series_with_nothing_in_it(tmp_path: Path) -> None:
+    """A run whose every request was shed: no p99 or mean-batch line has a single point, so
+    neither may have a legend entry."""
+    run = copy_run(tmp_path, "shed")
+    shed_every(run, 1)
+    records = read_run(run)
+    lost = len(records.requests["inference"])
+
+    assert legend_labels(latency_figure(records, "shed")) == [
+        f"failed or shed ({lost}), at the top edge",
+        "SLO 200 ms",
+    ]
+    assert legend_labels(knobs_figure(records, "shed")) == ["knob setting"]
+    assert legend_labels(load_figure(records, "shed")) == ["arrived, per 1 s", "failed or shed, per 1 s"]
+    recorded = read_run(RECORDED)
+    assert legend_labels(latency_figure(recorded, "r")) == [
+        "served within the SLO",
+        "p99 per 1 s of arrivals",
+        "SLO 200 ms",
+    ]
+    assert "model published" not in legend_labels(training_figure(recorded, "r"))
+    assert legend_labels(platform_figure(recorded, "r")) == ["CPU"]  # the host measures no GPU
