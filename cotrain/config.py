@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from cotrain.yaml_source import DuplicateKeyError, YamlDocument, load_yaml_document
+from cotrain.config_paths import closest, keys_at, union_tags_at
+from cotrain.yaml_source import DuplicateKeyError, YamlDocument, load_yaml_document, syntax_error_text
 
 JOB_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 MAX_SEED = 2**32 - 1  # every RNG we seed (numpy, torch, random) takes this range; torch derives from it
@@ -44,19 +45,21 @@ class StrictModel(BaseModel):
 class SyntheticDatasetConfig(StrictModel):
     """Seeded class-conditional images: learnable, deterministic, needs no files."""
 
-    kind: Literal["synthetic"]
-    num_samples: int = Field(512, ge=1, le=1_000_000)
-    num_classes: int = Field(10, ge=2, le=1000)
-    image_size: int = Field(64, ge=8, le=1024)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    kind: Literal["synthetic"] = Field(description="selects seeded synthetic images")
+    num_samples: int = Field(512, ge=1, le=1_000_000, description="images in the set")
+    num_classes: int = Field(
+        10, ge=2, le=1000, description="classes; each has its own seeded pattern, so a model can learn them"
+    )
+    image_size: int = Field(64, ge=8, le=1024, description="side of the square RGB images, in pixels")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the images and labels")
 
 
 class ImageFolderDatasetConfig(StrictModel):
     """A torchvision ImageFolder tree: one sub-directory of images per class."""
 
-    kind: Literal["imagefolder"]
-    root: str = Field(min_length=1)
-    image_size: int = Field(64, ge=8, le=1024)
+    kind: Literal["imagefolder"] = Field(description="selects a torchvision ImageFolder tree")
+    root: str = Field(min_length=1, description="directory holding one sub-directory of images per class")
+    image_size: int = Field(64, ge=8, le=1024, description="images are resized to this side, in pixels")
 
 
 class DigitsDatasetConfig(StrictModel):
@@ -64,10 +67,14 @@ class DigitsDatasetConfig(StrictModel):
     ships inside an installed package, so it works offline. Upscaled to `image_size`, 3 channels.
     `split` is a seeded, stratified 75/25 split of the whole set."""
 
-    kind: Literal["digits"]
-    split: Literal["train", "test", "all"] = "all"
-    image_size: int = Field(32, ge=8, le=1024)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    kind: Literal["digits"] = Field(description="selects scikit-learn's bundled handwritten digits")
+    split: Literal["train", "test", "all"] = Field(
+        "all", description="train (75 %), test (25 %) or all of the 1,797 digits"
+    )
+    image_size: int = Field(
+        32, ge=8, le=1024, description="the 8x8 digits are upscaled to this side, in pixels"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the stratified train/test split")
 
 
 DatasetConfig = Annotated[
@@ -78,7 +85,9 @@ DatasetConfig = Annotated[
 class ModelConfig(StrictModel):
     """A torchvision classification model. Weights are never downloaded: random init or a local file."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1, description="a torchvision classification model, e.g. resnet18 or mobilenet_v3_small"
+    )
     weights: str | None = Field(None, description="path to a local state_dict (.pt/.pth)")
     num_classes: int | None = Field(None, ge=2, le=100_000, description="default: from the dataset")
 
@@ -108,22 +117,25 @@ class PlacementMixin(StrictModel):
 
 
 class ConstantArrivalsConfig(StrictModel):
-    process: Literal["constant"]
-    rate_per_s: float = Field(gt=0, le=100_000)
+    process: Literal["constant"] = Field(description="selects evenly spaced arrivals")
+    rate_per_s: float = Field(gt=0, le=100_000, description="requests per second")
 
 
 class PoissonArrivalsConfig(StrictModel):
-    process: Literal["poisson"]
-    rate_per_s: float = Field(gt=0, le=100_000)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    process: Literal["poisson"] = Field(description="selects Poisson arrivals (exponential gaps)")
+    rate_per_s: float = Field(gt=0, le=100_000, description="mean requests per second")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the arrival times")
 
 
 class TraceArrivalsConfig(StrictModel):
     """Replay recorded arrival times: one number (seconds) per line, or a CSV with an
     `arrival_s` column, such as a previous run's requests.csv."""
 
-    process: Literal["trace"]
-    path: str = Field(min_length=1)
+    process: Literal["trace"] = Field(description="selects replayed arrival times")
+    path: str = Field(
+        min_length=1,
+        description="file of arrival times in seconds, one per line, or a CSV with an arrival_s column",
+    )
     time_scale: float = Field(1.0, gt=0, le=1000, description="multiplies gaps: 0.5 replays twice as fast")
     loop: bool = Field(False, description="start the trace again when it ends")
 
@@ -131,26 +143,30 @@ class TraceArrivalsConfig(StrictModel):
 class BurstyArrivalsConfig(StrictModel):
     """On/off traffic: Poisson at `on_rate_per_s` for `on_s`, then at `off_rate_per_s` for `off_s`."""
 
-    process: Literal["bursty"]
-    on_rate_per_s: float = Field(gt=0, le=100_000)
-    off_rate_per_s: float = Field(0.0, ge=0, le=100_000)
-    on_s: float = Field(gt=0, le=86_400)
-    off_s: float = Field(gt=0, le=86_400)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    process: Literal["bursty"] = Field(description="selects on/off traffic")
+    on_rate_per_s: float = Field(gt=0, le=100_000, description="mean requests per second during an on phase")
+    off_rate_per_s: float = Field(
+        0.0, ge=0, le=100_000, description="mean requests per second during an off phase"
+    )
+    on_s: float = Field(gt=0, le=86_400, description="length of an on phase")
+    off_s: float = Field(gt=0, le=86_400, description="length of an off phase")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the arrival times")
 
 
 class RateStepConfig(StrictModel):
-    at_s: float = Field(ge=0)
-    rate_per_s: float = Field(ge=0, le=100_000)
+    at_s: float = Field(ge=0, description="run time at which this rate starts")
+    rate_per_s: float = Field(ge=0, le=100_000, description="requests per second from at_s on (0: none)")
 
 
 class RateScheduleArrivalsConfig(StrictModel):
     """Steps in the arrival rate over time, for dynamic-load experiments (Poisson within a step)."""
 
-    process: Literal["schedule"]
-    steps: list[RateStepConfig] = Field(min_length=1)
+    process: Literal["schedule"] = Field(description="selects a stepped arrival rate")
+    steps: list[RateStepConfig] = Field(
+        min_length=1, description="the rate steps, the first at at_s: 0, in increasing at_s"
+    )
     poisson: bool = Field(True, description="false: evenly spaced arrivals within each step")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the arrival times")
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> RateScheduleArrivalsConfig:
@@ -182,7 +198,11 @@ class AdmissionConfig(StrictModel):
     `queue_full`: only the bounded queue sheds.
     """
 
-    policy: Literal["drop_late", "queue_full"] = "drop_late"
+    policy: Literal["drop_late", "queue_full"] = Field(
+        "drop_late",
+        description="drop_late: shed a request already past late_ms at dispatch; "
+        "queue_full: shed only when the queue is full",
+    )
     late_ms: float | None = Field(None, gt=0, le=3_600_000, description="default: slo_ms")
 
 
@@ -193,27 +213,46 @@ class BatchingConfig(StrictModel):
     `max_queue_delay_ms`.
     """
 
-    max_batch_size: int = Field(8, ge=1, le=4096)
-    max_queue_delay_ms: float = Field(10.0, ge=0, le=60_000)
+    max_batch_size: int = Field(
+        8, ge=1, le=4096, description="a batch is dispatched as soon as this many requests wait"
+    )
+    max_queue_delay_ms: float = Field(
+        10.0, ge=0, le=60_000, description="or when the oldest waiting request has waited this long"
+    )
 
 
 class InferenceConfig(PlacementMixin):
-    model: ModelConfig
-    dataset: DatasetConfig
-    arrivals: ArrivalsConfig
-    slo_ms: float = Field(gt=0, le=3_600_000)
-    batching: BatchingConfig = BatchingConfig()
+    model: ModelConfig = Field(
+        description="the model the service serves (with variants: weights and classes only)"
+    )
+    dataset: DatasetConfig = Field(description="the images requests carry")
+    arrivals: ArrivalsConfig = Field(description="when requests arrive, selected by `process`")
+    slo_ms: float = Field(
+        gt=0, le=3_600_000, description="latency objective: a request served within it meets the SLO"
+    )
+    batching: BatchingConfig = Field(BatchingConfig(), description="dynamic batching (Triton's semantics)")
     queue_capacity: int = Field(1024, ge=1, le=1_000_000, description="requests beyond this are shed")
     drain_timeout_s: float = Field(5.0, ge=0, le=600, description="time to serve queued requests at stop")
-    stats_period_s: float = Field(0.5, gt=0, le=60)
-    admission: AdmissionConfig = AdmissionConfig()
+    stats_period_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="how often the service reports its latency, queue and rate to the controller",
+    )
+    admission: AdmissionConfig = Field(
+        AdmissionConfig(), description="which requests are shed under overload"
+    )
     variants: list[str] | None = Field(
         None,
         min_length=1,
         description="variant ladder, heaviest first, e.g. resnet18/fp32@64, resnet18/int8@64; "
         "the service starts on the first; `model` then only gives weights and num_classes",
     )
-    profile_batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    profile_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8],
+        min_length=1,
+        description="batch sizes the variant micro-profiler measures",
+    )
     accuracy_eval: DatasetConfig | None = Field(
         None,
         description="labelled images on which each variant's top-1 is measured at start-up; "
@@ -243,17 +282,23 @@ class InferenceConfig(PlacementMixin):
 class InterleaveConfig(StrictModel):
     """How a training loop treats the interleaving gate (see cotrain/gate.py)."""
 
-    policy: Literal["off", "yield"] = "off"
+    policy: Literal["off", "yield"] = Field(
+        "off",
+        description="off: train regardless of inference; yield: wait before each step while "
+        'inference has work (quote it: "off")',
+    )
     max_wait_ms: float | None = Field(None, gt=0, le=60_000, description="with yield: wait at most this long")
 
 
 class DriftConfig(StrictModel):
     """Seeded covariate drift of the arriving samples: images rotate further as time passes."""
 
-    rotate_deg_per_s: float = Field(2.0, ge=0, le=360)
-    max_deg: float = Field(180.0, ge=0, le=360)
+    rotate_deg_per_s: float = Field(
+        2.0, ge=0, le=360, description="rotation added to arriving images per second of run time"
+    )
+    max_deg: float = Field(180.0, ge=0, le=360, description="rotation stops growing here")
     jitter_deg: float = Field(5.0, ge=0, le=180, description="per-sample random rotation on top")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the jitter and the arriving samples")
 
 
 class ContinualConfig(StrictModel):
@@ -261,7 +306,9 @@ class ContinualConfig(StrictModel):
 
     window_s: float = Field(10.0, gt=0, le=86_400, description="length of a retraining window")
     arrivals_per_window: int = Field(256, ge=1, le=1_000_000, description="new labelled samples per window")
-    replay_capacity: int = Field(2048, ge=0, le=10_000_000)
+    replay_capacity: int = Field(
+        2048, ge=0, le=10_000_000, description="samples kept in the reservoir replay buffer (0: no replay)"
+    )
     replay_fraction: float = Field(
         0.5, ge=0, lt=1, description="share of a window's training set from replay"
     )
@@ -269,8 +316,10 @@ class ContinualConfig(StrictModel):
     min_improvement: float = Field(
         0.0, ge=0, le=1, description="accuracy gain over the served model to deploy"
     )
-    deploy_to: Literal["inference"] | None = "inference"
-    drift: DriftConfig = DriftConfig()
+    deploy_to: Literal["inference"] | None = Field(
+        "inference", description="inference: deploy better models to the service; null: keep them to the job"
+    )
+    drift: DriftConfig = Field(DriftConfig(), description="how the arriving samples drift")
 
 
 class RemoteServerConfig(StrictModel):
@@ -280,7 +329,7 @@ class RemoteServerConfig(StrictModel):
     root_certificates: str | None = Field(
         None, description="CA bundle (PEM) that signed the SuperLink's certificate"
     )
-    insecure: bool = False
+    insecure: bool = Field(False, description="plain-text gRPC to the SuperLink; must be set explicitly")
 
     @field_validator("address")
     @classmethod
@@ -321,33 +370,54 @@ class FederatedConfig(StrictModel):
     (a self-contained demo); a `{address, root_certificates}` mapping joins a real fleet.
     """
 
-    server: ServerConfig = "local"
+    server: ServerConfig = Field(
+        "local",
+        description="local: a FedAvg SuperLink on 127.0.0.1; "
+        "a mapping {address, root_certificates}: a real fleet",
+    )
     rounds: int = Field(3, ge=1, le=100_000, description="with a local server: FedAvg rounds")
     local_steps: int = Field(20, ge=1, le=1_000_000, description="SGD steps per round on local data")
-    round_timeout_s: float = Field(600.0, gt=0, le=86_400)
+    round_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="a round without every reply within this is recorded and the next begins",
+    )
     partition_id: int | None = Field(None, ge=0, description="this client's data shard; default: its order")
     num_partitions: int | None = Field(None, ge=1, description="default: the number of federated jobs")
 
 
 class TrainingJobConfig(PlacementMixin):
-    name: str = Field(pattern=JOB_NAME_PATTERN)
+    name: str = Field(
+        pattern=JOB_NAME_PATTERN,
+        description="the job's name: its worker is train:<name> and its records train-<name>.csv",
+    )
     kind: Literal["sgd", "continual", "federated"] = Field(
         "sgd", description="sgd: plain training over the dataset"
     )
     continual: ContinualConfig | None = Field(None, description="with kind continual; defaults if absent")
     federated: FederatedConfig | None = Field(None, description="with kind federated; defaults if absent")
-    model: ModelConfig
-    dataset: DatasetConfig
-    batch_size: int = Field(32, ge=1, le=65_536)
-    lr: float = Field(0.01, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    model: ModelConfig = Field(description="the model the job trains")
+    dataset: DatasetConfig = Field(description="the images it trains on")
+    batch_size: int = Field(32, ge=1, le=65_536, description="training minibatch size")
+    lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="SGD weight decay (L2)")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
-    checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
+    checkpoint_every_steps: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        description="an atomic checkpoint every this many steps; a restarted job resumes from the newest",
+    )
     paused: bool = Field(False, description="start paused")
     duty_cycle: float = Field(1.0, gt=0, le=1, description="fraction of wall time spent training")
-    interleave: InterleaveConfig = InterleaveConfig()
-    stats_period_s: float = Field(0.5, gt=0, le=60)
+    interleave: InterleaveConfig = Field(
+        InterleaveConfig(), description="how the job treats the interleaving gate"
+    )
+    stats_period_s: float = Field(
+        0.5, gt=0, le=60, description="how often the job reports its throughput to the controller"
+    )
 
 
 class ServiceConfig(InferenceConfig):
@@ -358,7 +428,10 @@ class ServiceConfig(InferenceConfig):
     degraded but never starved (see cotrain/gate.py).
     """
 
-    name: str = Field(pattern=JOB_NAME_PATTERN)
+    name: str = Field(
+        pattern=JOB_NAME_PATTERN,
+        description="the service's name: its worker is inference:<name>, its records services/<name>/",
+    )
     priority: int = Field(0, ge=0, le=100, description="higher is served first when services contend")
     min_throughput_per_s: float = Field(
         0.0, ge=0, le=1_000_000, description="throughput floor kept even while higher priorities are busy"
@@ -366,11 +439,15 @@ class ServiceConfig(InferenceConfig):
 
 
 class WorkloadsConfig(StrictModel):
-    inference: InferenceConfig | None = None
+    inference: InferenceConfig | None = Field(
+        None, description="one inference service (or use `services` for several)"
+    )
     services: list[ServiceConfig] = Field(
         default_factory=list, description="several inference services; instead of `inference`"
     )
-    training: list[TrainingJobConfig] = Field(default_factory=list)
+    training: list[TrainingJobConfig] = Field(
+        default_factory=list, description="training jobs, each its own process"
+    )
 
     @model_validator(mode="after")
     def _something_to_run(self) -> WorkloadsConfig:
@@ -417,41 +494,47 @@ class ServiceSpec:
 
 class InferenceKnobsConfig(StrictModel):
     variant: str | None = Field(None, description="a name from workloads.inference.variants")
-    max_batch_size: int | None = Field(None, ge=1, le=4096)
-    max_queue_delay_ms: float | None = Field(None, ge=0, le=60_000)
-    threads: int | None = Field(None, ge=1, le=1024)
-    cpus: list[int] | None = Field(None, min_length=1)
-    instances: int | None = Field(None, ge=1, le=16)
+    max_batch_size: int | None = Field(None, ge=1, le=4096, description="new batching.max_batch_size")
+    max_queue_delay_ms: float | None = Field(
+        None, ge=0, le=60_000, description="new batching.max_queue_delay_ms"
+    )
+    threads: int | None = Field(None, ge=1, le=1024, description="new torch intra-op threads of the service")
+    cpus: list[int] | None = Field(None, min_length=1, description="new CPU affinity of the service")
+    instances: int | None = Field(None, ge=1, le=16, description="new number of model instances")
 
 
 class TrainingKnobsConfig(StrictModel):
-    threads: int | None = Field(None, ge=1, le=1024)
-    cpus: list[int] | None = Field(None, min_length=1)
-    num_workers: int | None = Field(None, ge=0, le=64)
-    paused: bool | None = None
-    batch_size: int | None = Field(None, ge=1, le=65_536)
-    duty_cycle: float | None = Field(None, gt=0, le=1)
-    interleave: InterleaveConfig | None = None
+    threads: int | None = Field(None, ge=1, le=1024, description="new torch intra-op threads of the job")
+    cpus: list[int] | None = Field(None, min_length=1, description="new CPU affinity of the job")
+    num_workers: int | None = Field(None, ge=0, le=64, description="new number of DataLoader workers")
+    paused: bool | None = Field(None, description="pause (true) or resume (false) the job")
+    batch_size: int | None = Field(None, ge=1, le=65_536, description="new training batch size")
+    duty_cycle: float | None = Field(None, gt=0, le=1, description="new fraction of wall time spent training")
+    interleave: InterleaveConfig | None = Field(None, description="new gate policy")
 
 
 class KnobChangesConfig(StrictModel):
-    inference: InferenceKnobsConfig | None = None
-    training: dict[str, TrainingKnobsConfig] = Field(default_factory=dict)
+    inference: InferenceKnobsConfig | None = Field(
+        None, description="knobs of the controller's inference service"
+    )
+    training: dict[str, TrainingKnobsConfig] = Field(
+        default_factory=dict, description="knobs per training job, keyed by job name"
+    )
     power_mode: str | int | None = Field(None, description="a power mode name or id of the platform")
 
 
 class ScheduleStepConfig(StrictModel):
     at_s: float = Field(ge=0, description="seconds after the run starts")
-    set: KnobChangesConfig
+    set: KnobChangesConfig = Field(description="the knobs this step sets; the others keep their values")
 
 
 class LadderControllerConfig(StrictModel):
     """Tango-style variant selection from the micro-profile: serve the most accurate variant whose
-    predicted worst latency at the observed arrival rate fits the SLO (seed CCGrid'23's model:
+    predicted worst latency at the observed arrival rate fits the SLO (the CCGrid'23 batch model:
     stable iff e(b) <= b/lambda, worst latency ~ b/lambda + e(b)), with hysteresis."""
 
-    name: Literal["ladder"]
-    period_s: float = Field(0.5, gt=0, le=3600)
+    name: Literal["ladder"] = Field(description="selects the variant ladder controller")
+    period_s: float = Field(0.5, gt=0, le=3600, description="control period")
     headroom: float = Field(0.7, gt=0, le=1, description="use at most this fraction of the SLO")
     up_after_windows: int = Field(4, ge=1, le=1000, description="calm windows before stepping up")
 
@@ -459,30 +542,35 @@ class LadderControllerConfig(StrictModel):
 class StaticControllerConfig(StrictModel):
     """Keeps the knobs as configured."""
 
-    name: Literal["static"]
-    period_s: float = Field(1.0, gt=0, le=3600)
+    name: Literal["static"] = Field(description="selects the static controller")
+    period_s: float = Field(1.0, gt=0, le=3600, description="control period (observations only)")
 
 
 class ScheduleControllerConfig(StrictModel):
     """Applies scripted knob changes at fixed times: sweeps, demos and tests of live knobs."""
 
-    name: Literal["schedule"]
-    period_s: float = Field(0.25, gt=0, le=3600)
-    steps: list[ScheduleStepConfig] = Field(min_length=1)
+    name: Literal["schedule"] = Field(description="selects scripted knob changes")
+    period_s: float = Field(
+        0.25,
+        gt=0,
+        le=3600,
+        description="control period: a step applies at the first period at or after its at_s",
+    )
+    steps: list[ScheduleStepConfig] = Field(min_length=1, description="the changes, in increasing at_s")
 
 
 class NaiveControllerConfig(StrictModel):
     """Baseline: both workloads run free. Training ignores the interleaving gate; nothing adapts."""
 
-    name: Literal["naive"]
-    period_s: float = Field(1.0, gt=0, le=3600)
+    name: Literal["naive"] = Field(description="selects the naive baseline")
+    period_s: float = Field(1.0, gt=0, le=3600, description="control period")
 
 
 class SequentialControllerConfig(StrictModel):
     """Baseline: training steps aside whenever inference has work (the gate, waited on without limit)."""
 
-    name: Literal["sequential"]
-    period_s: float = Field(1.0, gt=0, le=3600)
+    name: Literal["sequential"] = Field(description="selects the sequential baseline")
+    period_s: float = Field(1.0, gt=0, le=3600, description="control period")
 
 
 class AimdControllerConfig(StrictModel):
@@ -492,11 +580,13 @@ class AimdControllerConfig(StrictModel):
     when over, it is cut to `decrease_factor` of itself (Clipper: 10 % down).
     """
 
-    name: Literal["aimd"]
-    period_s: float = Field(0.5, gt=0, le=3600)
-    additive_step: int = Field(1, ge=1, le=1024)
-    decrease_factor: float = Field(0.9, gt=0, lt=1)
-    headroom: float = Field(1.0, gt=0, le=1)
+    name: Literal["aimd"] = Field(description="selects Clipper's AIMD baseline")
+    period_s: float = Field(0.5, gt=0, le=3600, description="control period: one latency window")
+    additive_step: int = Field(1, ge=1, le=1024, description="batch-size increase per calm window")
+    decrease_factor: float = Field(
+        0.9, gt=0, lt=1, description="the batch size is multiplied by this when latency breaks headroom x SLO"
+    )
+    headroom: float = Field(1.0, gt=0, le=1, description="fraction of the SLO latency must stay under")
 
 
 class AdaptiveControllerConfig(StrictModel):
@@ -504,9 +594,11 @@ class AdaptiveControllerConfig(StrictModel):
     `max_profiles` profiled configurations, then a feedback loop that holds the SLO and re-plans
     when the arrival rate shifts by more than `replan_rate_change` (see controllers/adaptive.py)."""
 
-    name: Literal["adaptive"]
+    name: Literal["adaptive"] = Field(description="selects cotrain's co-scheduler")
     period_s: float = Field(1.0, gt=0, le=3600, description="one window: long enough for a p99")
-    max_profiles: int = Field(10, ge=1, le=100)
+    max_profiles: int = Field(
+        10, ge=1, le=100, description="at most this many configurations are profiled before it holds the best"
+    )
     profile_windows: int = Field(2, ge=1, le=100, description="control periods per profiled configuration")
     headroom: float = Field(0.8, gt=0, le=1, description="plan for p99 <= headroom x SLO")
     replan_rate_change: float = Field(0.3, gt=0, le=10, description="relative rate shift that re-plans")
@@ -539,7 +631,7 @@ class PlatformBase(StrictModel):
 class HostPlatformConfig(PlatformBase):
     """Any Linux host: affinity placement; power modes emulated by core sets and CPU quota."""
 
-    kind: Literal["host"] = "host"
+    kind: Literal["host"] = Field("host", description="selects any Linux host (the default)")
     cpu_quota: bool = Field(
         True, description="offer CPU-quota modes where a cgroup CPU controller is writable"
     )
@@ -548,13 +640,15 @@ class HostPlatformConfig(PlatformBase):
 class JetsonPlatformConfig(PlatformBase):
     """A Jetson. Paths default to a real board's; tests point them at fakes."""
 
-    kind: Literal["jetson"]
-    root: str = "/"
-    nvpmodel: str = "nvpmodel"
-    tegrastats: str = "tegrastats"
+    kind: Literal["jetson"] = Field(description="selects an NVIDIA Jetson")
+    root: str = Field("/", description="filesystem root the device is read from (a fake device in tests)")
+    nvpmodel: str = Field("nvpmodel", description="the nvpmodel command")
+    tegrastats: str = Field("tegrastats", description="the tegrastats command")
     nvpmodel_conf: str | None = Field(None, description="default: <root>/etc/nvpmodel.conf")
     jtop: bool = Field(True, description="use jetson-stats' jtop.service when it answers")
-    telemetry_interval_ms: int = Field(500, ge=10, le=60_000)
+    telemetry_interval_ms: int = Field(
+        500, ge=10, le=60_000, description="sampling interval of jtop or tegrastats"
+    )
 
 
 def _platform_kind(value: Any) -> str:
@@ -584,8 +678,10 @@ class SupervisionConfig(StrictModel):
     """
 
     max_restarts: int = Field(3, ge=0, le=100, description="restarts per worker before the run stops")
-    backoff_s: float = Field(0.5, ge=0, le=60)
-    backoff_max_s: float = Field(10.0, ge=0, le=600)
+    backoff_s: float = Field(
+        0.5, ge=0, le=60, description="wait before a worker's first restart; doubles with each further one"
+    )
+    backoff_max_s: float = Field(10.0, ge=0, le=600, description="the longest wait between restarts")
     standby: bool = Field(
         False,
         description="keep a warm, idle copy of each inference process that takes over at once "
@@ -609,8 +705,14 @@ def _every_bench_controller() -> list[BenchController]:
 class OracleGridConfig(StrictModel):
     """The static configurations `cotrain bench` tries exhaustively for its oracle row."""
 
-    max_batch_size: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1)
-    gate_policy: list[GatePolicy] = Field(default_factory=_both_gate_policies, min_length=1)
+    max_batch_size: list[int] = Field(
+        default_factory=lambda: [4, 8, 16], min_length=1, description="inference batch sizes the oracle tries"
+    )
+    gate_policy: list[GatePolicy] = Field(
+        default_factory=_both_gate_policies,
+        min_length=1,
+        description="gate policies the oracle tries with each batch size",
+    )
 
     @field_validator("max_batch_size")
     @classmethod
@@ -623,22 +725,40 @@ class OracleGridConfig(StrictModel):
 class BenchConfig(StrictModel):
     """How `cotrain bench` runs this scenario; ignored by `cotrain run`."""
 
-    controllers: list[BenchController] = Field(default_factory=_every_bench_controller, min_length=1)
+    controllers: list[BenchController] = Field(
+        default_factory=_every_bench_controller,
+        min_length=1,
+        description="controllers the bench runs, in order",
+    )
     run_duration_s: float | None = Field(None, gt=0, le=86_400, description="default: duration_s")
     oracle_run_duration_s: float | None = Field(None, gt=0, le=86_400, description="default: run_duration_s")
     slo_attainment_target: float = Field(0.99, gt=0, le=1, description="a row meets the SLO at or above this")
-    oracle: OracleGridConfig = OracleGridConfig()
+    oracle: OracleGridConfig = Field(
+        OracleGridConfig(), description="the static grid searched for the oracle row"
+    )
 
 
 class ExperimentConfig(StrictModel):
-    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    duration_s: float = Field(gt=0, le=7 * 24 * 3600)
-    platform: PlatformConfig = HostPlatformConfig(kind="host")
-    controller: ControllerConfig = StaticControllerConfig(name="static")
-    workloads: WorkloadsConfig
-    output: OutputConfig = OutputConfig()
-    supervision: SupervisionConfig = SupervisionConfig()
+    name: str = Field(
+        "experiment",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="run name: the default run directory is runs/<name>-<timestamp>",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="base seed of the run")
+    duration_s: float = Field(
+        gt=0, le=7 * 24 * 3600, description="measured run time; model loading before it is not counted"
+    )
+    platform: PlatformConfig = Field(
+        HostPlatformConfig(kind="host"),
+        description="the device: host (default) or jetson, selected by `kind`",
+    )
+    controller: ControllerConfig = Field(
+        StaticControllerConfig(name="static"),
+        description="the policy that turns the knobs, selected by `name`",
+    )
+    workloads: WorkloadsConfig = Field(description="what runs: inference service(s) and training jobs")
+    output: OutputConfig = Field(OutputConfig(), description="where the records go")
+    supervision: SupervisionConfig = Field(SupervisionConfig(), description="how dead workers are replaced")
     bench: BenchConfig | None = Field(None, description="settings for `cotrain bench`")
 
     @model_validator(mode="after")
@@ -731,31 +851,129 @@ class ConfigError(Exception):
         self.lines = lines
 
 
-def _describe(err: dict[str, Any], doc: YamlDocument | None, source: str) -> str:
+YAML11_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n", "true", "false"})
+"""Plain scalars PyYAML (YAML 1.1) reads as booleans: `policy: off` is False, not "off"."""
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
+"""`1e3`, `1.0e3`: floats in YAML 1.2 and JSON, but strings to PyYAML (YAML 1.1), whose floats
+need a dot and, with an exponent, its sign: `1.0e+3`."""
+
+
+def describe_error(err: dict[str, Any], doc: YamlDocument | None, source: str, root: type[BaseModel]) -> str:
+    """One `file:line: path: message` line for a pydantic error, in a user's words.
+
+    Beyond pydantic's text: an unknown key or tag gets "did you mean", a union without its tag
+    key says which key and values it needs, and a value YAML 1.1 read differently from how it
+    looks (`off` as false, `1e3` as text) says so and how to write it.
+    """
     loc = tuple(err.get("loc", ()))
-    path, line = doc.locate(loc) if doc is not None else (".".join(str(p) for p in loc), None)
-    where = f"{source}:{line}" if line is not None else source
     kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    point_at = loc
     if kind == "extra_forbidden":
-        message = "unknown key"
+        message = _unknown_key(loc, root)
     elif kind == "missing":
         message = "required field is missing"
+    elif kind == "union_tag_invalid":
+        tag_key, tags = union_tags_at(root, loc)
+        if tag_key is not None:
+            point_at = (*loc, tag_key)
+        message = _unknown_tag(str(ctx.get("tag", "")), tag_key, tags)
+    elif kind == "union_tag_not_found":
+        message = _missing_tag(loc, doc, root)
     else:
         message = str(err.get("msg", "invalid value"))
         message = re.sub(r"^Value error, ", "", message)
         if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
             message += f" (got {err['input']!r})"
-    return f"{where}: {'<top level>' if not loc else path or repr(path)}: {message}"
+        message += _yaml11_hint(err, doc, loc)
+    path, line = doc.locate(point_at) if doc is not None else (".".join(str(p) for p in point_at), None)
+    where = f"{source}:{line}" if line is not None else source
+    return f"{where}: {'<top level>' if not point_at else path or repr(path)}: {message}"
+
+
+def _unknown_key(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
+    keys = keys_at(root, loc[:-1])
+    if not keys or not isinstance(loc[-1], str):
+        return "unknown key"
+    guess = closest(loc[-1], keys)
+    if guess is not None:
+        return f"unknown key; did you mean {guess!r}?"
+    return f"unknown key; known here: {', '.join(keys)}"
+
+
+def _unknown_tag(tag: str, tag_key: str | None, tags: list[str]) -> str:
+    what = f"{tag_key} {tag!r}" if tag_key else repr(tag)
+    guess = closest(tag, tags)
+    hint = f"; did you mean {guess!r}?" if guess is not None else ""
+    return f"unknown {what}{hint} (one of: {', '.join(tags)})"
+
+
+def _missing_tag(loc: tuple[Any, ...], doc: YamlDocument | None, root: type[BaseModel]) -> str:
+    """`arrivals: {kind: poisson}`: name the key that selects the kind, and spot it under another key."""
+    tag_key, tags = union_tags_at(root, loc)
+    if tag_key is None:
+        return "cannot tell which kind of section this is"
+    message = f"needs {tag_key}: one of {', '.join(tags)}"
+    node = doc.node(loc) if doc is not None else None
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if (
+                isinstance(key, yaml.ScalarNode)
+                and isinstance(value, yaml.ScalarNode)
+                and value.value in tags
+            ):
+                return f"{message}; did you mean {tag_key}: {value.value} (not {key.value}:)?"
+            if isinstance(key, yaml.ScalarNode) and closest(key.value, [tag_key]) is not None:
+                return f"{message}; did you mean {tag_key}: (not {key.value}:)?"
+    return message
+
+
+def _yaml11_hint(err: dict[str, Any], doc: YamlDocument | None, loc: tuple[Any, ...]) -> str:
+    node = doc.node(loc) if doc is not None else None
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:  # quoted: read as written
+        return ""
+    text = node.value
+    if isinstance(err.get("input"), bool) and text.lower() in YAML11_BOOLEANS:
+        return (
+            f"; YAML reads an unquoted {text} as the boolean {str(err['input']).lower()}: "
+            f'write "{text}" in quotes if you mean the word'
+        )
+    if isinstance(err.get("input"), str) and _EXPONENT_FLOAT.match(text):
+        mantissa, exponent = re.split("[eE]", text.replace("_", ""))
+        sign = "" if exponent[0] in "+-" else "+"
+        written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign}{exponent}"
+        value = float(written)
+        plain = f"{int(value)} or " if value.is_integer() and abs(value) < 1e12 else ""
+        return (
+            f"; YAML reads {text} as text (its floats need a dot and a signed exponent): "
+            f"write {plain}{written}"
+        )
+    return ""
 
 
 def parse_config(data: Any, *, doc: YamlDocument | None = None, source: str = "<config>") -> ExperimentConfig:
     """Validate already-loaded data. Raises ConfigError with one line per problem."""
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys to values"])
+    if data and set(data) <= POLICY_KEYS:
+        raise ConfigError(
+            [f"{source}: this is a power-mode policy, not an experiment: cotrain validate --policy {source}"]
+        )
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(dict(e), doc, source) for e in exc.errors()]) from None
+        lines = [describe_error(dict(e), doc, source, ExperimentConfig) for e in exc.errors()]
+        raise ConfigError(sorted(lines, key=_line_number)) from None
+
+
+POLICY_KEYS = frozenset({"board", "allowed_modes", "power_budget_w", "min_dwell_s", "allow_reboot_modes"})
+"""The keys of a power-mode policy file (power_modes/policy.py), none of which an experiment has."""
+
+
+def _line_number(message: str) -> int:
+    """The line a `file:line: ...` message names, so several problems read top to bottom."""
+    match = re.match(r"^.*?:(\d+): ", message)
+    return int(match.group(1)) if match else 0
 
 
 def read_yaml_file(path: Path, what: str = "config") -> YamlDocument:
@@ -772,7 +990,9 @@ def read_yaml_file(path: Path, what: str = "config") -> YamlDocument:
     try:
         return load_yaml_document(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: not valid YAML: {' '.join(str(exc).split())}"]) from None
+        line, column, message = syntax_error_text(exc)
+        where = f"{source}:{line}:{column}" if line is not None else source
+        raise ConfigError([f"{where}: not valid YAML: {message}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: {what} is nested too deeply"]) from None
     except DuplicateKeyError as exc:

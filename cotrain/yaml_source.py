@@ -8,6 +8,7 @@ line. Duplicate keys, which PyYAML silently resolves to the last value, are reje
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,45 @@ class YamlDocument:
             elif i == len(loc) - 1:
                 parts.append(f"[{element}]" if isinstance(element, int) else str(element))
         return ".".join(parts).replace(".[", "["), line
+
+    def node(self, loc: Sequence[str | int]) -> yaml.Node | None:
+        """The node at an error location (union tags skipped, as in `locate`), or None if absent."""
+        node = self.root
+        for element in loc:
+            child = _child(node, element)
+            if child is not None:
+                node = child
+            elif not _is_union_tag(node, element):
+                return None
+        return node
+
+    def line_of(self, dotted: str) -> int | None:
+        """The 1-based line of a dotted path such as `workloads.training[0].cpus`, if present."""
+        loc = parse_dotted(dotted)
+        if loc is None:
+            return None
+        path, line = self.locate(loc)
+        return line if path == dotted.replace(".[", "[") else None
+
+
+def _is_union_tag(node: yaml.Node | None, element: str | int) -> bool:
+    """A location element that names a union member rather than a key: the mapping has no such key."""
+    return isinstance(node, yaml.MappingNode) and isinstance(element, str)
+
+
+_DOTTED_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_<>-]*)((?:\[\d+\])*)")
+
+
+def parse_dotted(dotted: str) -> tuple[str | int, ...] | None:
+    """`workloads.training[0].cpus` as ('workloads', 'training', 0, 'cpus'); None if not a path."""
+    loc: list[str | int] = []
+    for part in dotted.split("."):
+        match = _DOTTED_PART.fullmatch(part)
+        if match is None:
+            return None
+        loc.append(match.group(1))
+        loc.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
+    return tuple(loc)
 
 
 def _child(node: yaml.Node | None, element: str | int) -> yaml.Node | None:
@@ -79,6 +119,25 @@ def _check_duplicates(node: yaml.Node | None, path: str = "", seen_nodes: set[in
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _check_duplicates(item, f"{path}[{i}]", seen_nodes)
+
+
+def syntax_error_text(exc: yaml.YAMLError) -> tuple[int | None, int | None, str]:
+    """(1-based line, 1-based column, one-line message) of a YAML syntax error."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(exc.problem or "").split()) or "not valid YAML"
+        context = " ".join(str(exc.context or "").split())
+        if context and context not in problem:
+            started = exc.context_mark
+            if started is not None and mark is not None and started.line != mark.line:
+                context += f" started at line {started.line + 1}, column {started.column + 1}"
+            message = f"{problem} ({context})"
+        else:
+            message = problem
+        if mark is not None:
+            return mark.line + 1, mark.column + 1, message
+        return None, None, message
+    return None, None, " ".join(str(exc).split())
 
 
 def load_yaml_document(text: str) -> YamlDocument:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cotrain.config import ConfigError, _describe, read_yaml_file
+from cotrain.config import ConfigError, describe_error, read_yaml_file
 from cotrain.power_modes.boards import list_boards, load_board
 from cotrain.yaml_source import YamlDocument
 
@@ -177,10 +177,16 @@ def parse_power_policy(
     """
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys to values"])
+    if "workloads" in data:
+        raise ConfigError(
+            [f"{source}: this is an experiment, not a power-mode policy: cotrain validate {source}"]
+        )
     try:
         policy = PowerModePolicy.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(dict(e), doc, source) for e in exc.errors()]) from None
+        raise ConfigError(
+            [describe_error(dict(e), doc, source, PowerModePolicy) for e in exc.errors()]
+        ) from None
     if policy.board is None:
         return policy
     if policy.board not in list_boards():

@@ -44,8 +44,8 @@ def test_unknown_key_names_path_file_and_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     line_no = text.splitlines().index("      max_bach_size: 8") + 1
     assert (
-        lines[0]
-        == f"{tmp_path / 'exp.yaml'}:{line_no}: workloads.inference.batching.max_bach_size: unknown key"
+        lines[0] == f"{tmp_path / 'exp.yaml'}:{line_no}: workloads.inference.batching.max_bach_size: "
+        "unknown key; did you mean 'max_batch_size'?"
     )
 
 

@@ -222,18 +222,25 @@ def _starts_with_a_key(rest: str, data: Any) -> bool:
 
 def assert_names_fields(exc: ConfigError, path: Path, data: Any) -> None:
     """Every line is `<file>:<line>: <field path>: <message>`, the path starting at a top-level key;
-    or, for a file that is no mapping at all, `<file>: <message>`.
+    `<file>:<line>:<column>: not valid YAML: <message>` for a syntax error; or, for a file that is
+    no mapping at all, `<file>: <message>`.
 
     `data` is what was written (None for raw text, whose keys are not known here).
     """
     assert exc.lines, "a ConfigError must carry at least one message"
     assert str(exc) == "\n".join(exc.lines)
-    n_lines = max(1, len(path.read_bytes().splitlines()))
+    # Lines as YAML counts them: besides \n and \r it breaks at NEL, LS and PS (U+0085/2028/2029).
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    n_lines = max(1, len(re.split("\r\n|[\n\r\x85\u2028\u2029]", text.rstrip("\r\n\x85\u2028\u2029"))))
     prefix = f"{path}:"
     for line in exc.lines:
         assert isinstance(line, str) and line.strip(), exc.lines
         assert "Traceback" not in line, line
         assert line.startswith(prefix), f"message does not name the file: {line!r}"
+        syntax = re.match(r"(\d+):(\d+): not valid YAML: \S", line[len(prefix) :])
+        if syntax is not None:  # a YAML syntax error: the line and column of the problem
+            assert 1 <= int(syntax[1]) <= n_lines + 1 and int(syntax[2]) >= 1, line
+            continue
         located = LOCATED.match(line, len(prefix))
         if located is None:
             # File-level problems (unreadable, not YAML, not a mapping) have no field and no line.

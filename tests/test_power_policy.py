@@ -66,7 +66,7 @@ def test_unknown_key_names_file_line_and_path(tmp_path: Path) -> None:
     """Trap: a typo (`min_dwel_s`) silently ignored, so the default dwell applies unnoticed."""
     lines = errors_for(tmp_path, "allowed_modes: [MAXN]\nmin_dwel_s: 10\n")
 
-    assert lines == [f"{tmp_path / 'power.yaml'}:2: min_dwel_s: unknown key"]
+    assert lines == [f"{tmp_path / 'power.yaml'}:2: min_dwel_s: unknown key; did you mean 'min_dwell_s'?"]
 
 
 def test_wrong_type_is_not_coerced(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_out_of_range_values_name_the_field(tmp_path: Path, text: str, fragment:
 def test_bad_yaml_and_bad_top_level(tmp_path: Path) -> None:
     """Trap: a YAML syntax error or a list at the top level escaping as a traceback."""
     assert errors_for(tmp_path, "allowed_modes: [MAXN\n")[0].startswith(
-        f"{tmp_path / 'power.yaml'}: not valid YAML"
+        f"{tmp_path / 'power.yaml'}:2:1: not valid YAML: expected ',' or ']'"
     )
     assert errors_for(tmp_path, "- MAXN\n") == [
         f"{tmp_path / 'power.yaml'}: the top level must be a mapping of keys to values"
