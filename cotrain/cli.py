@@ -1,7 +1,12 @@
 """`cotrain` command line.
 
-Exit codes: 0 success; 1 the run started but failed; 2 bad input (config, dataset, output
-directory), in which case nothing was started and the message names the field.
+Exit codes (docs/cli.md):
+- 0: success;
+- 1: the run started but failed or was interrupted; its records are kept;
+- 2: bad input (config, policy, dataset, model, output directory, a missing optional extra):
+  nothing was started, and each problem is one line naming the file, the line and the field;
+- 130: a second SIGINT or SIGTERM forced the exit: workers were killed, their requests
+  accounted for and the platform restored.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_FORCED = 130
 
 
 def _err(message: str) -> None:
@@ -49,15 +55,41 @@ def _load(path: str, overrides: dict[str, Any]) -> Any:
         _err(f"{path}: platform: cannot open the {config.platform.kind} platform: {exc}")
         return None
     problems = preflight(config, platform)
-    for line in problems:
-        _err(f"{path}: {line}")
+    for line in _with_lines(path, problems):
+        _err(line)
     if problems:
         platform.restore()
         return None
     return config, platform
 
 
+def _with_lines(path: str, problems: list[str]) -> list[str]:
+    """`file:line: field.path: message` for preflight's `field.path: message` lines.
+
+    Preflight checks the world, not the file, so it names fields but has no YAML at hand; the
+    line is looked up here, in the same file the config was loaded from."""
+    if not problems:
+        return []
+    from cotrain.config import ConfigError, read_yaml_file
+
+    try:
+        doc = read_yaml_file(Path(path))
+    except ConfigError:
+        doc = None
+    located = []
+    for problem in problems:
+        field, sep, _ = problem.partition(": ")
+        line = doc.line_of(field) if doc is not None and sep else None
+        located.append(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
+    return located
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.policy is not None:
+        return _validate_policy(args.policy)
+    if args.config is None:
+        _err("give an experiment file, or --policy FILE")
+        return EXIT_BAD_INPUT
     loaded = _load(args.config, {})
     if loaded is None:
         return EXIT_BAD_INPUT
@@ -71,6 +103,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: ok ({', '.join(parts)}; "
         f"controller {config.controller.name}; {config.duration_s:g} s)"
     )
+    return EXIT_OK
+
+
+def _validate_policy(path: str) -> int:
+    """A power-mode policy file on its own: its keys, and its modes against its `board` if named."""
+    from cotrain.config import ConfigError
+    from cotrain.power_modes.policy import load_power_policy
+
+    try:
+        policy = load_power_policy(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            _err(line)
+        return EXIT_BAD_INPUT
+    modes = ", ".join(str(m) for m in policy.allowed_modes) or "every mode"
+    budget = "no power budget" if policy.power_budget_w is None else f"budget {policy.power_budget_w:g} W"
+    board = f"board {policy.board}" if policy.board else "no board named (modes checked at run time)"
+    print(f"{path}: ok (power-mode policy: {modes}; {budget}; dwell {policy.min_dwell_s:g} s; {board})")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from cotrain.config_reference import reference_markdown, schema_json
+
+    text = schema_json() if args.config_command == "schema" else reference_markdown()
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"written: {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -94,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = config.output.dir or f"runs/{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(out)
     try:
-        replaced = run_dir.prepare()
+        replaced = run_dir.prepare(replace=args.force)
     except OutputDirError as exc:
         platform.restore()
         _err(str(exc))
@@ -108,7 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from cotrain.dashboard import DashboardThread
 
         if console.is_terminal:
-            dashboard = DashboardThread(run_dir.path, Console())
+            dashboard = DashboardThread(
+                run_dir.path, Console(), resume_log=(lambda m: None) if args.quiet else console.print
+            )
         else:
             console.print("[yellow]--dashboard needs a terminal; showing progress lines instead[/yellow]")
 
@@ -126,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         _err(f"forced stop by a second signal; the platform was restored; records kept in {out}")
-        return 130
+        return EXIT_FORCED
     Console().print(summary_table(summary))
     print(f"summary: {run_dir.summary}")
     return EXIT_OK if runtime.status == "completed" else EXIT_RUN_FAILED
@@ -142,7 +206,8 @@ def _not_a_run(path: str) -> bool:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """The live dashboard of a run directory; see cotrain/dashboard.py."""
+    """The live dashboard of a run directory; see cotrain/dashboard.py. `q` quits (keys are read
+    from standard input when it is a terminal), and the last frame stays on the terminal."""
     if _not_a_run(args.run_dir):
         return EXIT_BAD_INPUT
     if args.refresh_s <= 0 or (args.replay is not None and args.replay <= 0):
@@ -150,13 +215,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     from rich.console import Console
 
-    from cotrain.dashboard import Dashboard, render_once, watch
+    from cotrain.dashboard import Dashboard, render_once, stdin_fd, watch
 
     console = Console()
     if args.once or not console.is_terminal:  # piped: one frame, as --once
         render_once(args.run_dir, console)
         return EXIT_OK
-    watch(Dashboard(args.run_dir), console, refresh_s=args.refresh_s, replay_speed=args.replay)
+    watch(
+        Dashboard(args.run_dir),
+        console,
+        refresh_s=args.refresh_s,
+        replay_speed=args.replay,
+        keys_fd=stdin_fd(),
+    )
     return EXIT_OK
 
 
@@ -224,14 +295,69 @@ def cmd_platform_info(args: argparse.Namespace) -> int:
     finally:
         platform.restore()
     info["telemetry_now"] = {k: v for k, v in vars(sample).items() if k != "per_cpu_util_percent"}
+    info["software"] = _software()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
     from rich.console import Console
-    from rich.pretty import Pretty
 
-    Console().print(Pretty(info, expand_all=True))
+    Console().print(platform_table(info))
     return EXIT_OK
+
+
+def _software() -> dict[str, Any]:
+    """Versions a bug report needs, and which optional extras this install has."""
+    import platform as python_platform
+
+    from cotrain.extras import EXTRAS, installed_version, missing_reason
+
+    software: dict[str, Any] = {"cotrain": _version(), "python": python_platform.python_version()}
+    for dist in ("torch", "torchvision"):
+        software[dist] = _dist_version(dist)
+    for extra in EXTRAS:
+        reason = missing_reason(extra)
+        software[f"extra {extra.name}"] = (
+            f"{extra.distribution} {installed_version(extra)}" if reason is None else f"not usable: {reason}"
+        )
+    return software
+
+
+def _dist_version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def platform_table(info: dict[str, Any]) -> Any:
+    """`platform info` as a two-column table: one row per fact, a section per nested group."""
+    from rich.table import Table
+
+    table = Table(title=f"cotrain platform: {info.get('platform', '?')}", show_header=False, expand=False)
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in info.items():
+        if isinstance(value, dict):
+            table.add_section()
+            for sub_key, sub_value in value.items():
+                table.add_row(f"{key}.{sub_key}", _cell_text(sub_value))
+        else:
+            table.add_row(key, _cell_text(value))
+    return table
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell_text(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell_text(v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 def _board_modes_json(name: str) -> dict[str, Any]:
@@ -435,33 +561,93 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (where it has one worth showing), examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+        if shown and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _examples(*lines: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _command(
+    sub: Any, name: str, help_text: str, *examples: str, func: Any = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its defaults and at least one example."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=_examples(*examples) if examples else None,
+        formatter_class=_HelpFormatter,
+    )
+    if func is not None:
+        parser.set_defaults(func=func)
+    return parser
+
+
 def _add_platform_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=("host", "jetson"), help="default: detected")
+    parser.add_argument("--kind", choices=("host", "jetson"), help="the platform; default: detected")
     parser.add_argument("--root", default="/", help="filesystem root to read the device from (for fakes)")
     parser.add_argument("--nvpmodel", default="nvpmodel", help="nvpmodel binary")
     parser.add_argument("--tegrastats", default="tegrastats", help="tegrastats binary")
     parser.add_argument(
-        "--nvpmodel-conf", dest="nvpmodel_conf", help="nvpmodel.conf (default <root>/etc/nvpmodel.conf)"
+        "--nvpmodel-conf", dest="nvpmodel_conf", help="nvpmodel.conf; default: <root>/etc/nvpmodel.conf"
     )
     parser.add_argument("--no-jtop", action="store_true", help="do not try jtop.service")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cotrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cotrain",
         description="Co-run latency-critical inference and training on one device.",
+        epilog="exit codes: 0 ok; 1 the run failed or was interrupted; 2 bad input, nothing started; "
+        "130 forced stop by a second signal. Docs: docs/cli.md",
+        formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"cotrain {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run an experiment YAML")
+    run = _command(
+        sub,
+        "run",
+        "run an experiment YAML: spawn its workloads, control them, record everything",
+        "cotrain run experiments/quickstart.yaml --duration 20 --out runs/qs",
+        "cotrain run experiments/quickstart.yaml --out runs/qs --force --dashboard",
+        func=cmd_run,
+    )
     run.add_argument("config", help="experiment YAML")
     run.add_argument("--duration", type=float, metavar="S", help="override duration_s")
-    run.add_argument("--out", metavar="DIR", help="run directory (override output.dir)")
+    run.add_argument(
+        "--out", metavar="DIR", help="run directory; default: output.dir, else runs/<name>-<time>"
+    )
+    run.add_argument("--force", action="store_true", help="replace a previous run in the run directory")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--dashboard", action="store_true", help="show the live dashboard while it runs")
-    run.set_defaults(func=cmd_run)
 
-    watch = sub.add_parser("watch", help="live dashboard of a run directory (running or finished)")
+    watch = _command(
+        sub,
+        "watch",
+        "live dashboard of a run directory (running or finished); q quits",
+        "cotrain watch runs/qs",
+        "cotrain watch runs/qs --replay 4",
+        func=cmd_watch,
+    )
     watch.add_argument("run_dir")
     watch.add_argument("--once", action="store_true", help="print one frame and exit")
     watch.add_argument(
@@ -470,65 +656,127 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--replay", type=float, metavar="SPEED", help="replay a recorded run from its start at SPEED x"
     )
-    watch.set_defaults(func=cmd_watch)
 
-    report = sub.add_parser("report", help="report.md and PNG plots from run directories")
+    report = _command(
+        sub,
+        "report",
+        "report.md and PNG plots from run directories",
+        "cotrain report runs/qs --out reports/qs",
+        "cotrain report runs/a runs/b --out reports/ab",
+        func=cmd_report,
+    )
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    report.add_argument("--out", required=True, metavar="DIR")
-    report.set_defaults(func=cmd_report)
+    report.add_argument("--out", required=True, metavar="DIR", help="where report.md and the plots go")
 
-    validate = sub.add_parser("validate", help="check an experiment YAML without running it")
-    validate.add_argument("config")
-    validate.set_defaults(func=cmd_validate)
+    validate = _command(
+        sub,
+        "validate",
+        "check an experiment YAML (or a power-mode policy) without running it",
+        "cotrain validate experiments/quickstart.yaml",
+        "cotrain validate --policy power_modes/policy-example.yaml",
+        func=cmd_validate,
+    )
+    validate.add_argument("config", nargs="?", help="experiment YAML")
+    validate.add_argument("--policy", metavar="FILE", help="validate this power-mode policy file instead")
 
-    summary = sub.add_parser("summary", help="recompute summary.json from a run directory's records")
+    config = _command(sub, "config", "the experiment file's schema and reference")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="WHAT")
+    for name, what, example in (
+        ("schema", "the JSON Schema of an experiment file", "cotrain config schema > cotrain.schema.json"),
+        ("reference", "the Markdown configuration reference (docs/config.md)", REFERENCE_EXAMPLE),
+    ):
+        shown = _command(config_sub, name, what, example, func=cmd_config)
+        shown.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+
+    summary = _command(
+        sub,
+        "summary",
+        "recompute summary.json from a run directory's records",
+        "cotrain summary runs/qs --check",
+        func=cmd_summary,
+    )
     summary.add_argument("run_dir")
     summary.add_argument("--check", action="store_true", help="compare with the stored summary.json")
-    summary.set_defaults(func=cmd_summary)
 
-    platform = sub.add_parser("platform", help="the device cotrain runs on")
-    platform_sub = platform.add_subparsers(dest="platform_command", required=True)
-    info = platform_sub.add_parser("info", help="what was detected and what is supported")
+    platform = _command(sub, "platform", "the device cotrain runs on")
+    platform_sub = platform.add_subparsers(dest="platform_command", required=True, metavar="WHAT")
+    info = _command(
+        platform_sub,
+        "info",
+        "what was detected and what is supported here",
+        "cotrain platform info",
+        "cotrain platform info --json",
+        func=cmd_platform_info,
+    )
     _add_platform_args(info)
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(func=cmd_platform_info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    modes = sub.add_parser("modes", help="power modes")
-    modes_sub = modes.add_subparsers(dest="modes_command", required=True)
-    listing = modes_sub.add_parser("list", help="list power modes of this device, a board table or a file")
+    modes = _command(sub, "modes", "power modes")
+    modes_sub = modes.add_subparsers(dest="modes_command", required=True, metavar="WHAT")
+    listing = _command(
+        modes_sub,
+        "list",
+        "list power modes of this device, a board table or an nvpmodel.conf",
+        "cotrain modes list",
+        "cotrain modes list --board agx-orin-64gb",
+        "cotrain modes list --nvpmodel-conf /etc/nvpmodel.conf --json",
+        func=cmd_modes_list,
+    )
     source = listing.add_mutually_exclusive_group()
     source.add_argument("--board", help="a board table name (e.g. agx-orin-64gb)")
     _add_platform_args(listing)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_modes_list)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    overhead = bench_sub.add_parser("overhead", help="time cotrain adds per request beyond the model")
-    overhead.add_argument("--out", required=True, metavar="DIR")
-    overhead.add_argument("--requests", type=int, default=2000)
+    bench = _command(sub, "bench", "benchmarks: `cotrain bench SCENARIO.yaml --out DIR` or `bench overhead`")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    overhead = _command(
+        bench_sub,
+        "overhead",
+        "time cotrain adds per request beyond the model",
+        "cotrain bench overhead --out runs/overhead",
+        func=cmd_bench_overhead,
+    )
+    overhead.add_argument("--out", required=True, metavar="DIR", help="where overhead.json goes")
+    overhead.add_argument("--requests", type=int, default=2000, help="requests to time")
     overhead.add_argument(
         "--rate", type=float, default=200.0, help="arrivals per second (spaced, no queueing)"
     )
-    overhead.set_defaults(func=cmd_bench_overhead)
-    scenario = bench_sub.add_parser(
-        "scenario", help="every controller and the static oracle on one scenario (`cotrain bench FILE`)"
+    scenario = _command(
+        bench_sub,
+        "scenario",
+        "every controller and the static oracle on one scenario (`cotrain bench FILE`)",
+        "cotrain bench experiments/bench-cpu.yaml --out runs/bench-cpu",
+        "cotrain bench experiments/bench-orin-sim.yaml --platform sim --out runs/bench-sim",
+        func=cmd_bench_scenario,
     )
     scenario.add_argument("scenario", help="experiment YAML, optionally with a `bench:` section")
-    scenario.add_argument("--out", required=True, metavar="DIR")
-    scenario.add_argument("--platform", choices=("real", "sim"), default="real", help="sim: simulated Orin")
     scenario.add_argument(
-        "--controllers", type=lambda s: [c for c in s.split(",") if c], help="comma-separated subset"
+        "--out", required=True, metavar="DIR", help="where bench.json, bench.md and plots go"
     )
-    scenario.set_defaults(func=cmd_bench_scenario)
+    scenario.add_argument(
+        "--platform", choices=("real", "sim"), default="real", help="real processes, or the simulated Orin"
+    )
+    scenario.add_argument(
+        "--controllers",
+        type=lambda s: [c for c in s.split(",") if c],
+        help="comma-separated subset; default: the scenario's bench.controllers",
+    )
 
-    telemetry = sub.add_parser("telemetry", help="telemetry tools")
-    telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", required=True)
-    parse = telemetry_sub.add_parser("parse-tegrastats", help="parse a file of tegrastats output")
+    telemetry = _command(sub, "telemetry", "telemetry tools")
+    telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", required=True, metavar="WHAT")
+    parse = _command(
+        telemetry_sub,
+        "parse-tegrastats",
+        "parse a file of tegrastats output",
+        "cotrain telemetry parse-tegrastats tegrastats.log --json",
+        func=cmd_parse_tegrastats,
+    )
     parse.add_argument("file")
-    parse.add_argument("--json", action="store_true")
-    parse.set_defaults(func=cmd_parse_tegrastats)
+    parse.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+REFERENCE_EXAMPLE = "cotrain config reference > docs/config.md"
 
 
 def main(argv: list[str] | None = None) -> int:

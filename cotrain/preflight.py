@@ -342,9 +342,32 @@ def _slo_problems(where: str, inference: InferenceConfig, threads: int) -> list[
     ]
 
 
+def extras_problems(config: ExperimentConfig) -> list[str]:
+    """An optional extra the config needs and this Python lacks, with the command that installs it.
+
+    jtop is needed only where it was asked for explicitly (`platform.jtop: true`): by default a
+    Jetson without jetson-stats falls back to tegrastats and sysfs, with a warning."""
+    from cotrain.config import JetsonPlatformConfig
+    from cotrain.extras import FEDERATED, JETSON, missing_reason
+
+    problems = []
+    for i, job in enumerate(config.workloads.training):
+        if job.kind == "federated" and (reason := missing_reason(FEDERATED)) is not None:
+            problems.append(f"workloads.training[{i}].kind: {reason}")
+    platform = config.platform
+    if isinstance(platform, JetsonPlatformConfig) and platform.jtop and "jtop" in platform.model_fields_set:
+        reason = missing_reason(JETSON)
+        if reason is not None:
+            problems.append(f"platform.jtop: {reason} (or set jtop: false to use tegrastats)")
+    return problems
+
+
 def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
     from cotrain.workloads.models import classification_model_names
 
+    extras = extras_problems(config)
+    if extras:  # the rest would only fail on what is missing
+        return extras
     available_cpus = platform.cpu_ids()
 
     known = classification_model_names()

@@ -88,8 +88,12 @@ class RunDir:
     def is_run(self) -> bool:
         return any((self.path / m).exists() for m in RUN_MARKERS)
 
-    def prepare(self) -> bool:
+    def prepare(self, *, replace: bool = False) -> bool:
         """Create the directory. Returns True if a previous run was replaced.
+
+        A directory holding a previous run is replaced only when `replace` is set (`--force`):
+        records are the product of a run, and a repeated command line must not silently delete
+        them.
 
         A non-empty directory that is not a cotrain run is refused rather than mixed into, and
         an unwritable or full location is reported before anything is changed: the write probe
@@ -103,11 +107,11 @@ class RunDir:
         """
         _umask_without_other_write()
         try:
-            return self._prepare()
+            return self._prepare(replace)
         except OSError as exc:  # e.g. a parent this user may not search
             raise OutputDirError(f"output directory {str(self.path)!r}: {_reason(exc)}") from None
 
-    def _prepare(self) -> bool:
+    def _prepare(self, replace: bool) -> bool:
         replaced = False
         if self.path.exists():
             if not self.path.is_dir():
@@ -117,6 +121,11 @@ class RunDir:
                 raise OutputDirError(
                     f"output directory {str(self.path)!r} is not empty and is not a cotrain run; "
                     "choose another --out"
+                )
+            if previous and not replace:
+                raise OutputDirError(
+                    f"output directory {str(self.path)!r} holds a previous run; give --force to "
+                    "replace it, or choose another --out"
                 )
             self._probe()
             if previous:

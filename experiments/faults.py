@@ -131,7 +131,17 @@ def start(out: Path, config: dict[str, Any], duration_s: float) -> subprocess.Po
     yaml_path = out.parent / f"{out.name}.yaml"
     yaml_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return subprocess.Popen(
-        [*COTRAIN, "run", str(yaml_path), "--duration", str(duration_s), "--out", str(out), "--quiet"],
+        [
+            *COTRAIN,
+            "run",
+            str(yaml_path),
+            "--duration",
+            str(duration_s),
+            "--out",
+            str(out),
+            "--quiet",
+            "--force",
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -260,7 +270,10 @@ def case_bad_config(root: Path) -> Outcome:
     yaml_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     t0 = time.monotonic()
     proc = subprocess.run(
-        [*COTRAIN, "run", str(yaml_path), "--out", str(out)], cwd=REPO, capture_output=True, text=True
+        [*COTRAIN, "run", str(yaml_path), "--out", str(out), "--force"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
     result.outcome = f"exit {proc.returncode}: {message[:160]}; run dir created: {out.exists()}"

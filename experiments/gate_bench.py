@@ -56,6 +56,7 @@ def main() -> int:
         "--out",
         str(out),
         "--quiet",
+        "--force",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:

@@ -33,7 +33,9 @@ def run(config: dict[str, Any], out: Path, duration: float) -> dict[str, Any]:
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "cotrain", "run", str(path), "--duration", str(duration)]
-    result = subprocess.run([*cmd, "--out", str(out), "--quiet"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [*cmd, "--out", str(out), "--quiet", "--force"], capture_output=True, text=True, cwd=REPO
+    )
     if result.returncode != 0:
         raise SystemExit(result.stderr)
     services: dict[str, Any] = json.loads((out / "summary.json").read_text())["services"]

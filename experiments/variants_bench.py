@@ -37,6 +37,7 @@ def run(config: dict, out: Path, duration: float) -> dict:
         "--out",
         str(out),
         "--quiet",
+        "--force",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:

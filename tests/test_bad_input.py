@@ -1,5 +1,5 @@
-"""Bad input (issue 8, point 4): each case gives one clear message naming the field or path and
-exit code 2, before anything is started or changed.
+"""Bad input: each case gives one clear message naming the field or path and exit code 2, before
+anything is started or changed.
 
 "Nothing started" is checked by making `Runtime.run` fail the test if it is ever reached, and
 "nothing changed" by the fake nvpmodel's call log (no `-m`) and by the run directory not being
@@ -126,7 +126,7 @@ def test_a_full_disk_leaves_the_previous_run_untouched(
     for name in ("config.yaml", "events.jsonl", "requests.csv", "summary.json"):
         (out / name).write_text("previous\n")
     full_disk(monkeypatch)
-    code, errors = cli(capsys, "run", str(write(tmp_path, TINY)), "--out", str(out))
+    code, errors = cli(capsys, "run", str(write(tmp_path, TINY)), "--out", str(out), "--force")
     one_error(code, errors, "no space")
     assert sorted(p.name for p in out.iterdir()) == [
         "config.yaml",
