@@ -1,15 +1,16 @@
 """`adaptive`: cotrain's co-scheduler. Plan with a model, profile a few candidates, hold the SLO.
 
-The problem (seed CCGrid'23, Fulcrum): choose the knobs so inference meets its latency SLO while
-training runs as fast as it can, within the power budget. Exhaustive profiling is too slow on a
-live device (every configuration costs seconds of measurement), so the policy works in phases:
+The problem (CCGrid'23 and Fulcrum, docs/references.md): choose the knobs so inference meets its
+latency SLO while training runs as fast as it can, within the power budget. Exhaustive profiling
+is too slow on a live device (every configuration costs seconds of measurement), so the policy
+works in phases:
 
 1. **Probe.** Measure the configuration as given for `profile_windows` windows: the arrival rate
    λ, the batch execution time at the current batch size, the training rate and the power.
 2. **Plan and profile.** Build candidates over the joint knobs (inference batch size and queue
    delay, the interleaving gate policy of every training job, dataloader workers when they are
    starving training, and the power mode when the platform lists its modes with their clocks)
-   and keep only those the seed's model predicts feasible: a batch of b is stable iff
+   and keep only those the CCGrid'23 batch model predicts feasible: a batch of b is stable iff
    e(b) <= b/λ, and its worst latency is about (b-1)/λ + e(b), which must fit within `headroom`
    x SLO. e(b) = α + β·b is fitted from the batches seen so far (a prior splits a single
    observation into 30 % fixed and 70 % per-item cost). At most `max_profiles` configurations
@@ -17,7 +18,7 @@ live device (every configuration costs seconds of measurement), so the policy wo
    at once, so a bad guess costs one window.
    - Without mode information (a host, or modes without clocks) the feasible candidates are
      ordered by what they are expected to leave for training (gate off before yield, larger
-     batches first: the seed measured that larger inference batches leave longer idle gaps for
+     batches first: CCGrid'23 measured that larger inference batches leave longer idle gaps for
      training). The search is sequential: after every profile e(b) is refitted (the probe's one
      batch size leans on the prior; a second pins α and β), the plan is redrawn, and the next
      candidate is the top one still predicted to beat the best that held the SLO (a larger
@@ -194,7 +195,7 @@ def leaves_a_gap(b: int, delay_ms: float, rate_per_s: float, alpha: float, beta:
     The gate is up from a batch's first arrival until the batch has run (the wait, then e(b)),
     and a cycle lasts b_eff/λ. If the first fills the second, the next request is always already
     waiting when a batch ends, the gate never drops, and a yielding trainer never steps: full
-    batches dispatched on a timer (the seed's setting) leave `yield` nothing to give training.
+    batches dispatched on a timer (CCGrid'23's setting) leave `yield` nothing to give training.
     """
     if rate_per_s <= 0:
         return True

@@ -1,7 +1,7 @@
-"""`ladder`: choose the variant from the micro-profile, Tango-style, with the seed's batch model.
+"""`ladder`: choose the variant from the micro-profile, Tango-style, with the CCGrid'23 batch model.
 
-Seed CCGrid'23: with arrival rate λ, a batch of b is stable only if its execution time e(b) is at
-most the time b/λ it takes to accumulate, and the worst latency is about b/λ + e(b). From the
+CCGrid'23 (docs/references.md): with arrival rate λ, a batch of b is stable only if its execution
+time e(b) is at most the time b/λ it takes to accumulate, and the worst latency is about b/λ + e(b). From the
 micro-profile (e per variant and batch size, measured on this device at start-up) a variant is
 *feasible* at rate λ if some profiled batch size b (up to the current max_batch_size) forms within
 the queue delay, is stable, and (b−1)/λ + e(b) (the first request waits for the other b−1) fits

@@ -5,7 +5,7 @@ frequency), and profiling one costs seconds of a live run, so `adaptive` can aff
 What it knows of a mode is what a real Jetson tells about it: the online cores and the clock caps
 (`ModeInfo`). From its profiles it fits two small linear models, then profiles next where they
 predict the most training within the power budget and the SLO: a model-based sequential search
-(after PowerTrain and Fulcrum, ../shared/ANCHORS.md). Nothing here reads a simulator.
+(after PowerTrain and Fulcrum, docs/references.md). Nothing here reads a simulator.
 
 Time. Each share of a DNN step scales with one clock (roofline-style), so the solo seconds per
 training sample in mode m are linear in the inverse clocks:
@@ -16,7 +16,7 @@ with a >= 0, so a faster clock never makes a step slower. An inference batch (`E
 a host-side launch part, bound by the CPU clock, and a per-image part that scales like s:
 e(b, m) = launch * C*/C(m) + per_item * b * s(m)/s(top), fitted to every batch time measured in
 any mode. Beside inference, native time-slicing gives training `TRAINING_SHARE` of the GPU while
-a batch runs, so (seed CCGrid'23's reasoning)
+a batch runs, so (CCGrid'23's reasoning)
 
     T(m, b) = ((1 - u) + u * TRAINING_SHARE) / s(m),   u = λ e(b, m) / b  (inference's busy share).
 
@@ -55,7 +55,7 @@ PRIOR_STRENGTH = 0.05  # ridge weight of the prior, against relative errors of t
 VOLTAGE_AT_ZERO = 0.6  # V(f) / V(f_max) extrapolated to 0 MHz: a DVFS table as a line
 TRAINING_SHARE = 0.5  # of the GPU, for training while an inference batch runs beside it (no MPS)
 INFERENCE_SHARE = 0.5  # ... and for inference: a batch alone takes this share of its time beside training
-# The seed's stability rule e(b) <= b/λ holds for evenly spaced arrivals; random ones queue up long
+# CCGrid'23's stability rule e(b) <= b/λ holds for evenly spaced arrivals; random ones queue up long
 # before the device is saturated, so the search keeps inference's busy share u = λ e(b)/b below this.
 MAX_BUSY_SHARE = 0.9
 WAIT_Z = 2.33  # standard deviations: a batch's fill time at its p99, for Poisson arrivals

@@ -1,6 +1,6 @@
 """`schedule`: scripted knob changes at given run times.
 
-Used for sweeps (e.g. seed CCGrid'23's batch-size sweep inside one run), demos, and to prove in
+Used for sweeps (e.g. CCGrid'23's batch-size sweep inside one run; docs/references.md), demos, and to prove in
 tests that every knob applies live. The state is the index of the next step, so the policy stays
 pure and a late observation applies every step that has come due, in order.
 """

@@ -1,4 +1,4 @@
-"""Seed CCGrid'23 Fig. 1 on real processes: the rules that read a fixed-batch run's records into
+"""CCGrid'23 Fig. 1 on real processes: the rules that read a fixed-batch run's records into
 a row (is its queue stable? what peak latency, what training rate?), the median over repeated
 runs, the paper's findings, and the choice of the arrival rate λ from measured capacities.
 

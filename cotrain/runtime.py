@@ -99,8 +99,8 @@ def fair_thread_share(config: ExperimentConfig, cpu_count: int) -> int:
 def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
     """Knobs at start: as configured, threads defaulting to a fair share of the cores.
 
-    Oversubscribed threads are the largest interference on a small CPU (../shared/ANCHORS.md:
-    2 threads each on 2 cores pushes inference p99 from ~290 ms to ~1200 ms), so the default
+    Oversubscribed threads are the largest interference on a small CPU (measured on a
+    2-core x86_64 VM: 2 threads each on 2 cores pushed inference p99 from ~290 ms to ~1200 ms), so the default
     splits the cores evenly between the workload processes.
     """
     workloads = config.workloads

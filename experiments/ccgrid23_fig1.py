@@ -1,6 +1,6 @@
-"""Seed CCGrid'23 Fig. 1, regenerated: inference latency and training throughput vs the inference batch size.
+"""CCGrid'23 Fig. 1, regenerated: inference latency and training throughput vs the inference batch size.
 
-The paper (../shared/seeds/concurrent-training-inference-edge-ccgrid23.txt) co-runs ResNet50
+The paper (Prashanthi S.K. et al., CCGridW 2023; docs/references.md) co-runs ResNet50
 inference at 100 img/s, each batch dispatched only when full, beside MobileNetV3 training on an
 AGX Orin, and finds: small batches are unstable (a batch of b takes longer to execute than b
 images take to arrive, e(b) > b/λ, so the queue and the latency grow without bound); larger
@@ -11,7 +11,7 @@ Two platforms, one command:
 - real: this machine's real processes. `cotrain run` (experiments/ccgrid23-fig1.yaml, scaled down
   to a 2-core CPU: resnet18 at 64 px at a constant rate λ, beside mobilenet_v3_small training on
   the same core) N times per fixed batch size (--repeats, default 3). One run is one sample, and
-  this shared machine moves about ±30 % from run to run (../shared/ANCHORS.md), so the figure is
+  this shared machine moves by tens of percent from run to run (docs/benchmarks.md), so the figure is
   the median of the N runs, with their min–max spread beside it. The runs are interleaved (every
   batch size once, then all again, ...) so that slow drift of the machine lands on every batch
   size alike rather than on whichever one ran during it. A batch size counts as stable only if a
@@ -20,14 +20,14 @@ Two platforms, one command:
   simulator's error on held-out calibration points, because the simulator stands in for a Jetson.
 
 The rate λ (--rate auto|R, default auto). The finding needs λ where small batches cannot keep up
-and larger ones can, and where that is depends on how fast the machine is that day (the same
-machine type has run 3-4x faster from one session to the next). So `auto` first measures the
+and larger ones can, and where that is depends on how fast the machine is (two 2-core x86_64
+VMs of the same type measured 3-4x apart on 2026-12-01, docs/benchmarks.md). So `auto` first measures the
 shared core's service capacity c(b) = b/e(b) at b = 1 and b = 4 (the median of K short saturated
 runs each, interleaved, --calibration-repeats K, default 3: DIR/runs/calibrate-b1 and -b4, then
 calibrate-b1-r2, ...) and runs the sweep at λ = c(1) + (c(4) - c(1))/2, midway: b = 1 unstable
 and b = 4 stable, each by the same margin. If c(4) is not more than 15 % above c(1) the
 regime does not exist on this machine and the command stops (exit 1). `--rate R` runs at R
-req/s with no calibration; `--rate 30` is the fixed rate of the first 2026-12-01 session's runs.
+req/s with no calibration; `--rate 30` is the rate in experiments/ccgrid23-fig1.yaml.
 
     .venv/bin/python experiments/ccgrid23_fig1.py [--platform real|sim|both] [--out DIR] [--duration S]
         [--repeats N] [--batches 1,2,4,8,16] [--rate auto|R] [--calibration-repeats K]
@@ -100,7 +100,8 @@ BASE_YAML = REPO / "experiments" / "ccgrid23-fig1.yaml"
 REAL_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_REPEATS = 3  # the project's rule: a figure is a median over repeated runs
 CALIBRATION_BATCHES = (1, 4)  # λ goes between these two capacities: b=1 unstable, b=4 stable
-CALIBRATION_RATE_PER_S = 400.0  # far above both capacities (measured: 20 and 36 req/s, later 39 and 140)
+# Far above both capacities (measured: 20 and 36 req/s on one VM, 39 and 140 on another).
+CALIBRATION_RATE_PER_S = 400.0
 CALIBRATION_DURATION_S = 10.0  # 8 s of steady service after SETTLE_S; about 17 s of wall per run
 DEFAULT_CALIBRATION_REPEATS = 3  # λ from one run per batch size moved with that run's noise
 
@@ -432,7 +433,7 @@ def plot_sim(rows: Sequence[Ccgrid23Row], fig1_mape: float, path: Path) -> Path:
     right.set_ylim(0, 1.15 * max(tops))
     right.legend(fontsize=8, loc="lower right")
     fig.suptitle(
-        "simulated AGX Orin MAXN: ResNet50 @ 100 img/s beside MobileNetV3 training (seed CCGrid'23 Fig. 1)",
+        "simulated AGX Orin MAXN: ResNet50 @ 100 img/s beside MobileNetV3 training (CCGrid'23 Fig. 1)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -461,7 +462,7 @@ def _progress() -> Progress:
 
 def real_title(base: Mapping[str, Any], duration_s: float, repeats: int, rate_choice: RateChoice) -> str:
     """The figure's title and the table's first line: the setup, then the rate and how it was
-    chosen (with `auto` the rate differs from session to session, so a figure must say why it
+    chosen (with `auto` the rate differs from machine to machine, so a figure must say why it
     has the rate it has), then the repeats."""
     inf = base["workloads"]["inference"]
     train = base["workloads"]["training"][0]
@@ -522,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="auto|R",
         help="real sweep's arrival rate: auto (default) calibrates it midway between the measured b=1 and "
-        "b=4 capacities (about 2 min more); R fixes it at R req/s (30: the first 2026-12-01 session's)",
+        "b=4 capacities (about 2 min more); R fixes it at R req/s (e.g. 30, the YAML's rate)",
     )
     parser.add_argument(
         "--calibration-repeats",

@@ -1,6 +1,6 @@
 """Benchmark: the quickstart, repeated, reported as medians.
 
-This machine is shared and noisy (about ±30% between runs, ../shared/ANCHORS.md), so a single
+This machine is shared and noisy (figures move by tens of percent between runs), so a single
 run proves little. Each repeat is a full `cotrain run` of experiments/quickstart.yaml in its own
 run directory; the table shows every repeat and the median of each column.
 
@@ -55,6 +55,7 @@ def main() -> int:
                     "--out",
                     str(out),
                     "--quiet",
+                    "--force",
                 ],
                 capture_output=True,
                 text=True,

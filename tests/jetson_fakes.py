@@ -1,9 +1,9 @@
 """A fake Orin sysfs tree, laid out from real artefacts, for `JetsonSysfs(root=...)` tests.
 
-Every value comes from a file in `../shared/fixtures/jetson/` (paths shortened below), and the
-comment next to it names the file. Where no artefact gives a value, the fake leaves the file
-out rather than invent one; a reader must tolerate missing files anyway. Two exceptions are
-marked ASSUMPTION.
+Every value comes from a file in `tests/data/jetson/` (paths shortened below; provenance in
+`tests/data/SOURCES.md`), and the comment next to it names the file. Where no artefact gives a
+value, the fake leaves the file out rather than invent one; a reader must tolerate missing files
+anyway. Two exceptions are marked ASSUMPTION.
 
 Short names for the sources:
 - P3701: nvpmodel/LineageOS__..._nvpmodel_p3701_0000.conf (AGX Orin; default mode ID 2, 30W)
@@ -64,7 +64,7 @@ BOARDS: dict[str, FakeBoard] = {
         gpu_cur_mhz=305,  # HANNER: GR3D_FREQ 39%@[305,0]
         gpu_load_pct=39,  # HANNER: GR3D_FREQ 39%
         tpc_pg_mask=240,  # P3701 MODE_30W: TPC_PG_MASK 240
-        emc_cap_hz=0,  # P3701 MODE_30W: EMC MAX_FREQ 0 (uncapped, ANCHORS.md)
+        emc_cap_hz=0,  # P3701 MODE_30W: EMC MAX_FREQ 0 (uncapped; only MODE_15W caps EMC there, 2133000000)
         rail_labels=("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0"),  # PATHS; HANNER, in this order
         rails_mw={"VDD_GPU_SOC": 2798, "VDD_CPU_CV": 799, "VIN_SYS_5V0": 3315},  # HANNER
         # HANNER: cpu@43.906C soc2@40.406C soc0@41.187C gpu@40.093C tj@43.906C soc1@40.437C

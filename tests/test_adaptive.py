@@ -1,6 +1,6 @@
 """The adaptive co-scheduler against a deterministic plant: a device model written in the test.
 
-The plant follows the seed's batch model with a clear optimum, so the test can say what the
+The plant follows the CCGrid'23 batch model with a clear optimum, so the test can say what the
 policy should find: e(b) = 5 + 4b ms; a batch of b at rate λ has worst latency (b-1)/λ + e(b),
 inflated 1.6x when training ignores the gate (time-slicing); training runs at 100 samples/s with
 the gate off, and with `yield` loses the fraction of time inference is busy.

@@ -1,4 +1,4 @@
-"""nvpmodel.conf parsing, tested on real files (../shared/fixtures/jetson/nvpmodel/) and on small
+"""nvpmodel.conf parsing, tested on real files (tests/data/jetson/nvpmodel/) and on small
 snippets modelled on other real files, each naming its source. Each test's docstring names the
 trap it guards."""
 

@@ -1,4 +1,4 @@
-"""Calibration against the real Orin telemetry and seed CCGrid'23, and its reproduction."""
+"""Calibration against the real Orin telemetry and CCGrid'23 Fig. 1, and its reproduction."""
 
 from __future__ import annotations
 

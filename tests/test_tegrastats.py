@@ -1,6 +1,6 @@
 """tegrastats: the pure line parser on real captured output, and the live reader on a fake binary.
 
-Fixtures are third-party captures in ../shared/fixtures/jetson/ (provenance in SOURCES.md).
+Fixtures are third-party captures in tests/data/jetson/ (provenance in tests/data/SOURCES.md).
 Lines of formats we have no fixture for are quoted verbatim from public repositories, each with
 its source: DataDog/datadog-agent pkg/collector/corechecks/nvidia/jetson/jetson_test.go
 ("DATADOG"), lesomnus/tegra-exporter stats/parse_test.go ("TEGRA_EXPORTER"), and others named

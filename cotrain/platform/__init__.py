@@ -1,8 +1,8 @@
 """Device backends behind one interface: placement, power modes, telemetry and restore-on-exit.
 
 `HostPlatform` drives any Linux host; `JetsonPlatform` a Jetson (jtop / nvpmodel / tegrastats /
-sysfs). A simulated device plugs in here too: it implements the same `Platform` protocol and gets
-its own `kind` in the config (the simulator is built by a later issue).
+sysfs). The simulated Orin (`cotrain/sim/`) is not a `Platform`: it is a discrete-event engine of
+its own, reached through `cotrain bench --platform sim`.
 """
 
 from __future__ import annotations

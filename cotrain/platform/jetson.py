@@ -5,7 +5,8 @@ Everything that touches the device is injected (root of the filesystem, binaries
 factory, the command runner), so tests drive this class against a fake sysfs tree built from
 real files and a fake `nvpmodel` executable, never against guesses or environment switches.
 
-Safety rules, from how nvpmodel and jtop behave on real boards (../shared/ANCHORS.md):
+Safety rules, from how nvpmodel and jtop behave on real boards (tested on the real nvpmodel.conf
+files in tests/data/jetson/nvpmodel/):
 - a mode whose TPC/FBP power-gating masks differ from the current mode's needs a reboot. It is
   refused here before nvpmodel is called, and nvpmodel always runs with stdin closed and a
   timeout, so its "enter YES to confirm" prompt is never answered and can never hang a run;
@@ -177,6 +178,10 @@ class JetsonPlatform:
                 reasons.append(f"jtop unavailable ({type(exc).__name__}: {detail})")
                 if _jtop_denied(exc):
                     reasons.append(JTOP_GROUP_FIX)
+                elif isinstance(exc, ModuleNotFoundError):
+                    from cotrain.extras import JETSON
+
+                    reasons.append(f"jetson-stats is not installed ({JETSON.install})")
         else:
             reasons.append("jtop disabled")
         binary = self._which(self.paths.tegrastats)

@@ -9,7 +9,7 @@ thermal zones return errors. A value that cannot be read is None (or absent from
 
 Units follow the files and are converted once, here: cpufreq is in kHz, devfreq and the EMC cap in
 Hz, INA3221 in mV and mA, thermal zones in milli-°C. Sources for each path are in
-`../shared/fixtures/jetson/SYSFS_PATHS.md`.
+`tests/data/jetson/SYSFS_PATHS.md`.
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ class JetsonSysfs:
         """Total power: the whole-input rail (VDD_IN on Orin NX/Nano, POM_5V_IN on Nano/TX) when
         there is one, because the other rails are parts of it and adding them would count twice.
         AGX Orin has no such rail, so the total is the sum of its rails, as jtop reports it (and as
-        the power figures in ANCHORS.md were derived)."""
+        the simulator's calibration sums them, cotrain/sim/calibration.py)."""
         rails = self.rails_mw()
         for name in TOTAL_INPUT_RAILS:
             if name in rails:

@@ -45,8 +45,9 @@ _BARE_NUM_RE = re.compile(_NUM)
 _ENGINE_RE = re.compile(rf"(?:({_NUM})%)?(?:@(?:\[({_NUM}(?:,{_NUM})*)\]|({_NUM})))?")
 # Rails fed from another printed rail. On AGX Orin, VDDQ_VDD2_1V8AO (DRAM, 1.8 V) appears to be
 # generated from the 5 V system supply that VIN_SYS_5V0 measures (a third-party parser says so;
-# NVIDIA does not document it), so the sum leaves it out, as the three-rail totals in ANCHORS.md
-# do. jtop adds it; the difference is 0.3-0.8 W in the captures. Unverified on hardware.
+# NVIDIA does not document it), so the sum leaves it out, as the three-rail totals the
+# simulator is calibrated on do (cotrain/sim/calibration.py). jtop adds it; the difference is
+# 0.3-0.8 W in the captures. Unverified on hardware.
 SUB_RAIL_NAMES: tuple[str, ...] = ("VDDQ_VDD2_1V8AO",)
 _RAIL_PREFIXES = ("VDD_", "VIN", "POM_")
 _NOT_CONNECTED = "NC"  # an unwired INA3221 channel: AGX Orin on JetPack 5 prints `NC 0mW/0mW` twice

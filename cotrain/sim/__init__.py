@@ -17,5 +17,5 @@ without a GPU. The modules, each with one job:
   oracle's local refinement over the full mode space;
 - `bench`: `cotrain bench --platform sim` (controllers, the two searches, the oracle);
 - `ratestep`: a step in the arrival rate, and how fast a controller re-converges;
-- `ccgrid23`: the check that the simulator reproduces seed CCGrid'23's findings.
+- `ccgrid23`: the check that the simulator reproduces CCGrid'23's findings (docs/references.md).
 """

@@ -60,7 +60,7 @@ from cotrain.sim.search import (
 ORACLE_SEARCH_S = 30.0  # each grid point is screened on this much simulated time
 ORACLE_REFINE = 3  # the best screened points the oracle refines over the full mode space
 ORACLE_FINALISTS = 5  # run for the whole scenario
-SEARCH_BUDGET = 15  # profiles of each model-free search (the 15-profile comparison)
+SEARCH_BUDGET = 15  # profiles of each model-free search (Fulcrum's GMD profiles 15 modes)
 SEARCH_PROFILE_S = ORACLE_SEARCH_S  # simulated seconds per search profile (as the oracle screens)
 SEARCH_SEED = 0
 # Where the simulated board starts when the scenario sets no power mode. A live mode switch needs

@@ -4,11 +4,11 @@ Three fits, each a small scipy least-squares problem:
 
 1. Mode scaling (`SpeedMix`), from the real ResNet training runs in orin-telemetry: the same
    10-epoch job ran in MAXN, 50W, 30W and 15W (checked, see fixtures.py), so the ratio of active
-   times is the mode's time factor. Held out: each non-reference mode in turn (the brief's
-   "fit on MAXN/30W/15W, test on 50W", and the same for 30W and 15W).
-2. The co-running setup of seed CCGrid'23 at MAXN (inference launch overhead and per-image cost,
+   times is the mode's time factor. Held out: each non-reference mode in turn (fit on
+   MAXN/30W/15W and test on 50W, and the same for 30W and 15W).
+2. The co-running setup of CCGrid'23 at MAXN (inference launch overhead and per-image cost,
    the time-slice share and efficiency, MobileNetV3's solo step rate), from its Fig. 1 numbers
-   (../shared/ANCHORS.md): peak latency 0.26 / 1.2 / 4.1 s and training 6.0 / 6.38 / 6.65 batches/s
+   (docs/references.md): peak latency 0.26 / 1.2 / 4.1 s and training 6.0 / 6.38 / 6.65 batches/s
    at inference batch 16 / 64 / 256, and ~0.2 s peak latency at batch 16 before training started
    (Fig. 1a). Batch 1 and 4 being unstable is a constraint of the fit. Held out: leave-one-out
    over those seven points.
@@ -16,7 +16,7 @@ Three fits, each a small scipy least-squares problem:
    ResNet inference, Depth-Anything, Phi-3.5), with one GPU-intensity factor per workload (training
    = 1). Held out: every 50W file (fit on MAXN/30W/15W); also each mode in turn.
 
-The goals are PowerTrain's errors (ANCHORS.md): MAPE <= 15 % for time and < 6 % for power.
+The goals are PowerTrain's errors (docs/references.md): MAPE <= 15 % for time and < 6 % for power.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ POWER_GOAL_MAPE = 0.06  # PowerTrain: power MAPE < 6 %
 MODES = ("MAXN", "MODE_50W", "MODE_30W", "MODE_15W")
 POWER_HOLD_OUT = "MODE_50W"
 
-# Seed CCGrid'23 (../shared/seeds/concurrent-training-inference-edge-ccgrid23.txt, Fig. 1; numbers in
-# ../shared/ANCHORS.md): ResNet50 inference at 100 img/s beside MobileNetV3 training, AGX Orin MAXN.
+# CCGrid'23 Fig. 1 (Prashanthi S.K. et al., CCGridW 2023; docs/references.md): ResNet50 inference
+# at 100 img/s beside MobileNetV3 training, AGX Orin MAXN.
 CCGRID23_RATE_PER_S = 100.0
 CCGRID23_DURATION_S = 600.0
 CCGRID23_SOLO_S = 2.0  # "the first ~2 s of the run where the concurrent training has not started"
@@ -295,7 +295,8 @@ ASSUMPTIONS = (
     "the ResNet training mix of GPU/memory/CPU time applies to every DNN (inference included)",
     "the inference launch overhead is host work: it scales with CPU clock only",
     "telemetry power: the three rails VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0 (VDDQ_VDD2_1V8AO not "
-    "summed, as in ANCHORS.md); the GPU ran at its mode's cap (GR3D frequency was not recorded)",
+    "summed: it appears to be fed from VIN_SYS_5V0); the GPU ran at its mode's cap "
+    "(GR3D frequency was not recorded)",
     "GPU intensity: training = 1 (the ResNet training runs); an inference batch's intensity is its "
     "dense share b*w / (launch + b*w), not fitted to any power data",
     "other models scale by torchvision FLOPs relative to ResNet50 (inference) and MobileNetV3-Large "

@@ -1,4 +1,4 @@
-"""Does the simulator reproduce seed CCGrid'23's findings? (Fig. 1, ../shared/ANCHORS.md)
+"""Does the simulator reproduce CCGrid'23's findings? (Fig. 1; the paper: docs/references.md)
 
 Setup of the paper: AGX Orin at MAXN; ResNet50 inference on ImageNet-val images arriving at
 100 img/s (10 ms apart), each batch dispatched when full; MobileNetV3 training on GLD23k beside
@@ -129,7 +129,7 @@ def ccgrid23_table(rows: tuple[Ccgrid23Row, ...]) -> str:
         f"{'batch':>5} {'stable':>7} {'paper':>7} {'queue@end':>9} {'peak s':>8} {'paper':>6} {'err':>7} "
         f"{'train/s':>8} {'paper':>6} {'err':>7} {'wall s':>7}"
     )
-    lines = ["Seed CCGrid'23 Fig. 1: ResNet50 @ 100 img/s beside MobileNetV3 training, AGX Orin MAXN", head]
+    lines = ["CCGrid'23 Fig. 1: ResNet50 @ 100 img/s beside MobileNetV3 training, AGX Orin MAXN", head]
     for r in rows:
         lines.append(
             f"{r.batch:>5} {('yes' if r.stable else 'NO'):>7} {('yes' if r.published_stable else 'NO'):>7} "

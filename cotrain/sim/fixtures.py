@@ -1,7 +1,8 @@
 """Reading the real AGX Orin telemetry the simulator is calibrated against.
 
 The files are tegrastats time series (1 sample per second) from BroncoSpace-Lab/scales-hardware,
-shipped verbatim in `cotrain/sim/data/orin-telemetry/` (provenance and licence: `cotrain/sim/data/SOURCES.md`).
+shipped verbatim in `cotrain/sim/data/orin-telemetry/` (provenance and licence:
+`cotrain/sim/data/SOURCES.md`).
 Each starts with a quoted date line, then a header. What the calibration needs from a file is
 the part where the workload really ran ("active") and its mean rail powers and loads there.
 

@@ -313,7 +313,7 @@ def steady_state(
     training: bool = True,
     duration_s: float = 600.0,
 ) -> SteadyState:
-    """Closed-form mean behaviour of seed CCGrid'23's setup (Fig. 1).
+    """Closed-form mean behaviour of CCGrid'23's setup (Fig. 1).
 
     While a batch runs beside training, inference runs at its time-slice rate; training runs at
     its own rate then, and at full speed in the gaps while the next batch accumulates. That is

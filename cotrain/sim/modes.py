@@ -1,6 +1,6 @@
 """The Orin power-mode space: every (online cores, CPU, GPU, EMC frequency) the board offers.
 
-Why the whole grid and not the four nvpmodel modes: PowerTrain and Fulcrum (../shared/ANCHORS.md)
+Why the whole grid and not the four nvpmodel modes: PowerTrain and Fulcrum (docs/references.md)
 search thousands of custom modes, because the best mode for a workload and a budget is rarely a
 named one. A custom mode is what nvpmodel would write: some cores online, and a max clock for CPU,
 GPU and memory. The grid is the product of the board's core count (`power_modes/boards/*.yaml`)
@@ -17,7 +17,7 @@ Frequency steps of the AGX Orin (p3701-0000) clocks, and where each list comes f
   scripts use 114.75 + 102k MHz instead; those do not contain the nvpmodel caps.)
 - EMC: 204, 665.6, 2133, 3199 MHz (the 15W cap is 2133; tegrastats shows EMC at 204 and 3199).
 
-GPU TPCs: the AGX Orin GPU has 2048 CUDA cores (seed CCGrid'23) = 16 SMs = 8 TPCs. A named mode
+GPU TPCs: the AGX Orin GPU has 2048 CUDA cores (CCGrid'23) = 16 SMs = 8 TPCs. A named mode
 may power-gate TPCs (`tpc_pg_mask`, one bit per gated TPC): 30W gates 4 (mask 240), 15W gates 5
 (mask 248). Changing the mask needs a reboot, so the DVFS grid keeps all 8 TPCs, and the two
 gated named modes are added to the space as they are.

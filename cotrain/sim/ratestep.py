@@ -158,7 +158,7 @@ def run_rate_step(
 
 
 def report_table(reports: Sequence[RateStepReport]) -> str:
-    """The report as a Markdown table, as the README quotes it."""
+    """The report as a Markdown table, as docs/benchmarks.md quotes it."""
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"

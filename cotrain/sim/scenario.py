@@ -41,7 +41,7 @@ class SimTrainingJob:
 
 @dataclass(frozen=True)
 class SimScenario:
-    """A simulated run. Defaults are seed CCGrid'23's setup at inference batch 16."""
+    """A simulated run. Defaults are CCGrid'23's setup at inference batch 16."""
 
     name: str = "scenario"
     inference_model: str | None = "resnet50"  # None: training only

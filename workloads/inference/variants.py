@@ -5,11 +5,11 @@ A *variant* is an architecture, a numeric precision / memory format and an input
 per-query choice) and a controller moves along the ladder when load rises. Each built variant
 carries its accuracy, so a controller can weigh what it gives up.
 
-What the precisions mean on a CPU (figures: ../shared/ANCHORS.md, resnet18, 1 thread):
+What the precisions mean on a CPU (resnet18, 1 thread, measured on a 2-core x86_64 VM, torch 2.14.1):
 - `fp32`: the model as trained; the reference for accuracy.
 - `channels_last`: fp32 in NHWC layout, which oneDNN's convolutions prefer (~1.2-2× at batch 1).
 - `bf16`: `torch.autocast("cpu", dtype=torch.bfloat16)` with channels_last (the pairing
-  ANCHORS measured: 16 ms against 33 ms at 224 px). Offered only where the CPU has native bf16
+  measured there: 16 ms against 33 ms at 224 px). Offered only where the CPU has native bf16
   instructions; elsewhere oneDNN emulates it and it is slower than fp32.
 - `int8`: static post-training quantisation in FX graph mode with the machine's quantised
   engine (x86/fbgemm on x86_64, qnnpack on ARM): ~5× faster than fp32 for ~0.3 points of
