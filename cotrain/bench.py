@@ -219,6 +219,7 @@ def run_bench(
     result = {
         "scenario": scenario,
         "platform": config.platform.kind,
+        "power_budget_w": _power_budget_w(config),
         "slo_attainment_target": bench.slo_attainment_target,
         "slo_ms": primary.config.slo_ms if primary is not None else None,
         "run_duration_s": run_s,
@@ -232,12 +233,21 @@ def run_bench(
     return result
 
 
+def _power_budget_w(config: ExperimentConfig) -> float | None:
+    """The whole-board budget of the scenario's power-mode policy, for the power chart's line."""
+    if config.platform.power_policy is None:
+        return None
+    from cotrain.power_modes.policy import load_power_policy
+
+    return load_power_policy(config.platform.power_policy).power_budget_w
+
+
 def _row_json(row: BenchRow) -> dict[str, Any]:
     return asdict(row)
 
 
 def bench_markdown(result: dict[str, Any]) -> str:
-    """The bench table, as the README quotes it."""
+    """The bench table, as docs/benchmarks.md quotes it."""
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)

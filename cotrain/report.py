@@ -2,7 +2,7 @@
 
 Everything comes from the record files (through `cotrain.runread`, so a crashed or still-running
 run is reported too): per-request latency over time against the SLO (the sawtooth figure of
-seed CCGrid'23), the latency CDF of every service, the offered load and the queue, training
+CCGrid'23, docs/references.md), the latency CDF of every service, the offered load and the queue, training
 throughput over time, a timeline of the knobs the controller turned, and platform utilisation
 and power where the telemetry has them. With several runs, report.md opens with a side-by-side
 table.
@@ -166,7 +166,7 @@ def plot_latency(records: RunRecords, label: str, path: Path) -> Path:
 def latency_figure(records: RunRecords, label: str) -> Figure:
     """Every request's latency at its arrival, the p99 of each time bin, and the SLO line.
 
-    One panel per inference service. This is the figure in which seed CCGrid'23 showed the
+    One panel per inference service. This is the figure in which CCGrid'23 showed the
     sawtooth that small batches under training interference make.
     """
     services = sorted(records.services(), key=lambda s: -s.priority)

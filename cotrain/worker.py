@@ -8,10 +8,13 @@ If the runtime disappears, the channel closes and the worker stops on its own.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
+from typing import NoReturn
 
 from cotrain.messages import Command, Report, Start, Stop, WorkerFailed
 
@@ -64,3 +67,19 @@ def wait_for_start(channel: Channel) -> Start | Stop:
 
 def report_failure(channel: Channel, exc: BaseException) -> None:
     channel.send(WorkerFailed(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()))
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End a worker that has finished cleanly, skipping the interpreter's teardown.
+
+    Why: once torch and torchvision are imported, Python's module teardown at exit takes about
+    1 s here (0.6 s after `import torch` alone, 1.0-1.4 s with torchvision and a model), and the
+    runtime waits for every worker to exit before it restores the platform and writes the
+    summary. By the time a worker calls this it has closed its records (every row is flushed
+    when written), stopped its DataLoader workers and its sockets, and sent Finished: teardown
+    would only free memory the kernel frees anyway. Failure paths keep the normal exit.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

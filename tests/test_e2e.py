@@ -153,7 +153,7 @@ def test_sigterm_stops_cleanly_with_every_request_accounted(tmp_path: Path, tiny
 
 @pytest.mark.slow
 def test_quickstart_meets_its_slo(tmp_path: Path) -> None:
-    """The issue's acceptance run: 20 s of the quickstart, under 60 s wall, SLO attainment >= 0.95."""
+    """The quickstart as a user runs it: 20 s, under 60 s wall, SLO attainment >= 0.95."""
     out = tmp_path / "qs"
     start = time.monotonic()
     result = run_cli("run", "experiments/quickstart.yaml", "--duration", "20", "--out", str(out))

@@ -1,4 +1,4 @@
-"""Security (issue 8, point 6): what listens where, TLS to a remote SuperLink, run-directory
+"""Security: what listens where, TLS to a remote SuperLink, run-directory
 permissions, and power modes and telemetry without root on a Jetson.
 
 All fast: Flower processes are not started (their argv is captured where the runtime would

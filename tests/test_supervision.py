@@ -106,7 +106,6 @@ def _kill(out: Path, worker: str) -> int:
     return pid
 
 
-@pytest.mark.slow
 def test_killed_workers_are_restarted_and_every_request_is_accounted(
     tmp_path: Path, tiny: dict[str, Any]
 ) -> None:
@@ -270,9 +269,9 @@ def test_overload_sheds_counts_and_recovers_without_a_death(tmp_path: Path, tiny
     """Far beyond capacity for 8 s: the bounded queue and drop-late shed, and nothing dies; after
     the load drops, admitted requests meet the SLO again.
 
-    "Far beyond" must hold on any machine CI lands on, and this machine type has run 3-4x faster
-    from one session to the next: at the tiny 32-pixel images one core served ~1,000 req/s
-    (2026-12-01), so 2,000 req/s shed only 48 % and CI failed. At 320 pixels the same core serves
+    "Far beyond" must hold on any machine the suite runs on, and the same machine type has been
+    measured 3-4x faster on one day than on another: at the tiny 32-pixel images one core served
+    ~1,000 req/s (2026-12-01), so 2,000 req/s shed only 48 %. At 320 pixels the same core serves
     ~130 req/s (93 % shed), so 2,000 req/s stays over twice capacity on a machine 7x faster."""
     tiny["duration_s"] = 22
     inference = tiny["workloads"]["inference"]

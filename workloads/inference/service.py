@@ -46,7 +46,7 @@ from cotrain.messages import (
     Stop,
 )
 from cotrain.records import REQUEST_COLUMNS, CsvAppender, fmt_s
-from cotrain.worker import Channel, report_failure, wait_for_start, worker_setup
+from cotrain.worker import Channel, exit_now, report_failure, wait_for_start, worker_setup
 from cotrain.workloads.inference.arrivals import arrival_offsets_s
 from cotrain.workloads.inference.batcher import BatchPolicy, BatchQueue, DynamicBatcher
 from cotrain.workloads.inference.priority import PriorityYield
@@ -493,11 +493,12 @@ def inference_process_main(
         if isinstance(start, Stop):
             service.writer.close()
             channel.send(Finished("stopped before start"))
-            return
+            exit_now()
         listener = threading.Thread(target=service.listen, name="listener", daemon=True)
         listener.start()
         service.serve(start.t0_ns, arrival_offsets_s(config.arrivals), start.first_request_id)
         channel.send(Finished())
+        exit_now()
     except BaseException as exc:
         report_failure(channel, exc)
         raise SystemExit(1) from None

@@ -43,7 +43,7 @@ from cotrain.messages import (
     TrainingStats,
 )
 from cotrain.records import TRAIN_COLUMNS, CsvAppender, fmt_s
-from cotrain.worker import Channel, report_failure, wait_for_start, worker_setup
+from cotrain.worker import Channel, exit_now, report_failure, wait_for_start, worker_setup
 from cotrain.workloads.data import build_dataset, dataset_num_classes
 from cotrain.workloads.models import build_model
 from cotrain.workloads.training.checkpoint import load_latest, save_checkpoint
@@ -367,9 +367,10 @@ def training_process_main(
         if isinstance(start, Stop):
             trainer.writer.close()
             channel.send(Finished("stopped before start"))
-            return
+            exit_now()
         trainer.run(start.t0_ns)
         channel.send(Finished(f"{trainer.step} steps"))
+        exit_now()
     except BaseException as exc:
         report_failure(channel, exc)
         raise SystemExit(1) from None
