@@ -221,12 +221,96 @@ class BatchingConfig(StrictModel):
     )
 
 
+class IngressTlsConfig(StrictModel):
+    """A certificate and its key (PEM) for the HTTP and gRPC listeners and the metrics page."""
+
+    cert: str = Field(min_length=1, description="server certificate chain, PEM")
+    key: str = Field(min_length=1, description="its private key, PEM")
+
+
+class IngressLimitsConfig(StrictModel):
+    """What one client can make the front end hold: every limit bounds memory or threads."""
+
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1 << 31, description="largest request body; larger is refused (413)"
+    )
+    max_in_flight: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="requests accepted and not yet answered, per service; beyond it requests are shed (503)",
+    )
+    max_connections: int = Field(
+        256, ge=1, le=100_000, description="open HTTP connections; more wait in the listen backlog"
+    )
+    max_concurrent_streams: int = Field(
+        256, ge=1, le=100_000, description="concurrent gRPC calls (streams) per connection"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a client that has not sent its whole request by then is cut off"
+    )
+
+
+class IngressConfig(StrictModel):
+    """The Open Inference Protocol front end (KServe v2, as Triton speaks it) for this service.
+
+    Requests from the network enter the same bounded queue and dynamic batcher as generated
+    arrivals, so every knob and controller applies to them. With several services, each is served
+    under its name on the same addresses. Everything binds to loopback unless told otherwise; a
+    non-loopback address needs `tls` or an explicit `insecure: true`.
+    """
+
+    http: str | None = Field(None, description="host:port of the HTTP/REST endpoint, e.g. 127.0.0.1:8000")
+    grpc: str | None = Field(None, description="host:port of the gRPC endpoint, e.g. 127.0.0.1:8001")
+    metrics: str | None = Field(None, description="host:port of the Prometheus metrics page (/metrics)")
+    tls: IngressTlsConfig | None = Field(None, description="serve HTTPS and gRPC over TLS")
+    insecure: bool = Field(
+        False, description="allow plain text on a non-loopback address; must be set explicitly"
+    )
+    token_file: str | None = Field(
+        None, description="file holding a bearer token every request must carry (Authorization: Bearer)"
+    )
+    retry_on_restart: bool = Field(
+        False,
+        description="when the service's process dies, re-queue the requests it held to its replacement "
+        "within their SLO budget instead of failing them (503)",
+    )
+    limits: IngressLimitsConfig = Field(IngressLimitsConfig(), description="bounds on what clients may send")
+
+    @field_validator("http", "grpc", "metrics")
+    @classmethod
+    def _addresses(cls, value: str | None) -> str | None:
+        return None if value is None else check_host_port(value, "127.0.0.1:8000")
+
+    @model_validator(mode="after")
+    def _something_to_listen_on(self) -> IngressConfig:
+        if self.http is None and self.grpc is None:
+            raise ValueError("give http, grpc or both (host:port)")
+        addresses = [a for a in (self.http, self.grpc, self.metrics) if a is not None]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("http, grpc and metrics need different addresses")
+        if self.insecure and self.tls is not None:
+            raise ValueError("tls and insecure: true exclude each other")
+        return self
+
+    def addresses(self) -> list[tuple[str, str]]:
+        """(field, host:port) of every listener."""
+        return [(k, a) for k in ("http", "grpc", "metrics") if (a := getattr(self, k)) is not None]
+
+
 class InferenceConfig(PlacementMixin):
     model: ModelConfig = Field(
         description="the model the service serves (with variants: weights and classes only)"
     )
     dataset: DatasetConfig = Field(description="the images requests carry")
-    arrivals: ArrivalsConfig = Field(description="when requests arrive, selected by `process`")
+    arrivals: ArrivalsConfig | None = Field(
+        None,
+        description="when generated requests arrive, selected by `process`; required without ingress. "
+        "With ingress as well, a built-in client sends them through the network front end",
+    )
+    ingress: IngressConfig | None = Field(
+        None, description="serve real clients over the Open Inference Protocol (HTTP and/or gRPC)"
+    )
     slo_ms: float = Field(
         gt=0, le=3_600_000, description="latency objective: a request served within it meets the SLO"
     )
@@ -265,6 +349,18 @@ class InferenceConfig(PlacementMixin):
         description="concurrent model executions sharing this service's queue (Triton's instance count)",
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="where the model runs; cuda only where present")
+
+    @property
+    def generated_arrivals(self) -> ArrivalsConfig | None:
+        """The schedule the service process generates itself: none when clients come through the
+        ingress (a configured `arrivals` is then sent through the network by a built-in client)."""
+        return self.arrivals if self.ingress is None else None
+
+    @model_validator(mode="after")
+    def _requests_come_from_somewhere(self) -> InferenceConfig:
+        if self.arrivals is None and self.ingress is None:
+            raise ValueError("give arrivals (generated requests), ingress (real clients), or both")
+        return self
 
     @model_validator(mode="after")
     def _capacity_holds_a_batch(self) -> InferenceConfig:
@@ -322,6 +418,18 @@ class ContinualConfig(StrictModel):
     drift: DriftConfig = Field(DriftConfig(), description="how the arriving samples drift")
 
 
+def check_host_port(value: str, example: str = "fl.example.org:9092") -> str:
+    """`host:port` with a port in 1..65535 and no scheme; IPv6 hosts in brackets."""
+    if "://" in value:
+        raise ValueError("give host:port without a scheme (TLS is set separately)")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or any(c.isspace() for c in value):
+        raise ValueError(f"must be host:port, e.g. {example}")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number in 1..65535, got {port!r}")
+    return value
+
+
 class RemoteServerConfig(StrictModel):
     """A real fleet's Flower SuperLink. TLS unless `insecure` is set explicitly."""
 
@@ -334,14 +442,7 @@ class RemoteServerConfig(StrictModel):
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        if "://" in value:
-            raise ValueError("give host:port without a scheme (TLS is set by root_certificates)")
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or any(c.isspace() for c in value):
-            raise ValueError("must be host:port, e.g. fl.example.org:9092")
-        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-            raise ValueError(f"port must be a number in 1..65535, got {port!r}")
-        return value
+        return check_host_port(value)
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> RemoteServerConfig:

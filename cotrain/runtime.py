@@ -949,9 +949,12 @@ class Runtime:
         if died_at_s is None or self._t0_ns is None:
             return
         service = self.services[self._slot(worker)]
+        schedule = service.config.generated_arrivals
+        if schedule is None:  # clients' requests: the front end answered and recorded them
+            return
         lost = account_lost_requests(
             self._requests_csv(worker),
-            arrival_offsets_s(service.config.arrivals),
+            arrival_offsets_s(schedule),
             self._t0_ns,
             self._next_request_id.get(worker, 0),
             died_at_s,

@@ -117,6 +117,8 @@ def _arrivals(config: ExperimentConfig) -> ArrivalSpec:
         for k in range(math.ceil(config.duration_s / period)):
             steps += [(k * period, a.on_rate_per_s), (k * period + a.on_s, a.off_rate_per_s)]
         return ArrivalSpec("poisson", tuple(steps))
+    if a is None:
+        raise ValueError("the simulator generates its own requests: give the service `arrivals`")
     raise ValueError(
         f"arrival process {a.process!r} is not simulated (constant, poisson, schedule, bursty are)"
     )

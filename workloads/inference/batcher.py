@@ -34,32 +34,53 @@ class BatchPolicy:
             raise ValueError("max_queue_delay_ms must be >= 0")
 
 
-class DynamicBatcher(Generic[T]):
-    """The dispatch rule over a FIFO of (arrival_ns, item). Not thread-safe; see BatchQueue."""
+def _one(item: object) -> int:
+    return 1
 
-    def __init__(self, policy: BatchPolicy, capacity: int, clock: Clock) -> None:
+
+class DynamicBatcher(Generic[T]):
+    """The dispatch rule over a FIFO of (arrival_ns, item). Not thread-safe; see BatchQueue.
+
+    An item may stand for several images (a network request with a batch dimension): `size_of`
+    says how many, and the batch limit and the queue capacity count images, as Triton's do. A
+    batch takes whole items, the oldest first, up to `max_batch_size` images; an item larger
+    than the limit (the limit was lowered after it was admitted) runs alone.
+    """
+
+    def __init__(
+        self, policy: BatchPolicy, capacity: int, clock: Clock, size_of: Callable[[T], int] = _one
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.policy = policy
         self.capacity = capacity
         self._clock = clock
+        self._size_of = size_of
         self._queue: deque[tuple[int, T]] = deque()
+        self._images = 0
 
     def __len__(self) -> int:
+        """Items waiting (requests)."""
         return len(self._queue)
+
+    @property
+    def images(self) -> int:
+        return self._images
 
     def offer(self, item: T, arrival_ns: int) -> bool:
         """Enqueue; False when the queue is full (the caller sheds the item)."""
-        if len(self._queue) >= self.capacity:
+        size = self._size_of(item)
+        if self._images + size > self.capacity:
             return False
         self._queue.append((arrival_ns, item))
+        self._images += size
         return True
 
     def time_until_ready_ns(self) -> int | None:
         """0 if a batch is ready now, None if the queue is empty, else ns until the oldest times out."""
         if not self._queue:
             return None
-        if len(self._queue) >= self.policy.max_batch_size:
+        if self._images >= self.policy.max_batch_size:
             return 0
         oldest_ns = self._queue[0][0]
         deadline_ns = oldest_ns + round(self.policy.max_queue_delay_ms * NS_PER_MS)
@@ -69,21 +90,29 @@ class DynamicBatcher(Generic[T]):
         return self.time_until_ready_ns() == 0
 
     def take(self) -> list[T]:
-        """The oldest `max_batch_size` items if a batch is ready, else []."""
+        """The oldest items, up to `max_batch_size` images, if a batch is ready, else []."""
         if not self.ready():
             return []
-        n = min(self.policy.max_batch_size, len(self._queue))
-        return [self._queue.popleft()[1] for _ in range(n)]
+        return self.take_now()
 
     def take_now(self) -> list[T]:
-        """The oldest `max_batch_size` items whether or not a batch is ready (flushing at stop)."""
-        n = min(self.policy.max_batch_size, len(self._queue))
-        return [self._queue.popleft()[1] for _ in range(n)]
+        """The oldest items up to `max_batch_size` images, ready or not (flushing at stop)."""
+        batch: list[T] = []
+        images = 0
+        while self._queue:
+            size = self._size_of(self._queue[0][1])
+            if batch and images + size > self.policy.max_batch_size:
+                break
+            batch.append(self._queue.popleft()[1])
+            images += size
+        self._images -= images
+        return batch
 
     def drain(self) -> list[T]:
         """Remove and return everything still waiting (for shutdown accounting)."""
         items = [item for _, item in self._queue]
         self._queue.clear()
+        self._images = 0
         return items
 
 

@@ -23,9 +23,18 @@ class Outcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Request:
+    """One request. A generated one names an image of the service's pool (`sample_index`); one
+    from a network client carries its own images, [n, 3, S, S] preprocessed (`images`)."""
+
     request_id: int
     arrival_ns: int
     sample_index: int
+    images: Any = None
+
+    @property
+    def size(self) -> int:
+        """Images in the request: what it counts for in a batch."""
+        return 1 if self.images is None else int(self.images.shape[0])
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class RequestRecord:
     variant: str = ""
     reason: str = ""
     model_version: int = 0
+    output: Any = None  # the model's output for a network request (its logits), else None
 
     @property
     def latency_ns(self) -> int | None:
@@ -63,11 +73,14 @@ def execute_batch(
 ) -> list[RequestRecord]:
     """Run `infer` on a batch and give every request exactly one record.
 
-    `infer` must return one output per input. An exception, or a wrong number of outputs,
-    fails every request in the batch with the reason recorded.
+    `infer` must return one output per request. An exception, or a wrong number of outputs,
+    fails every request in the batch with the reason recorded. A network request's record keeps
+    its output (the client gets it back); a generated one's output is dropped. `batch_size`
+    counts images, as the batcher does.
     """
     start_ns = clock.now_ns()
     outcome, reason = Outcome.SERVED, ""
+    outputs: Sequence[Any] = ()
     try:
         outputs = infer(batch)
         if len(outputs) != len(batch):
@@ -75,16 +88,19 @@ def execute_batch(
     except Exception as exc:  # every failure mode of the model fails the batch, never the process
         outcome, reason = Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:200]
     end_ns = clock.now_ns()
+    images = sum(r.size for r in batch)
+    served = outcome is Outcome.SERVED
     return [
         RequestRecord(
             request=r,
             outcome=outcome,
             start_ns=start_ns,
             end_ns=end_ns,
-            batch_size=len(batch),
+            batch_size=images,
             variant=variant,
             reason=reason,
             model_version=model_version,
+            output=outputs[i] if served and r.images is not None else None,
         )
-        for r in batch
+        for i, r in enumerate(batch)
     ]

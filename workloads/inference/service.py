@@ -112,6 +112,7 @@ class InferenceService:
                 BatchPolicy(config.batching.max_batch_size, config.batching.max_queue_delay_ms),
                 config.queue_capacity,
                 self.clock,
+                size_of=_request_size,
             ),
             on_busy=gate.slot_setter(gate_slot) if gate is not None else None,
         )
@@ -136,11 +137,18 @@ class InferenceService:
         self.arrivals_done = threading.Event()  # the arrival schedule ended or was stopped
         self.stopping = threading.Event()
         self._pending: queue.SimpleQueue[SetThreads] = queue.SimpleQueue()
+        self.net: NetLink | None = None  # network clients' requests, when the service has ingress
 
     # --- records -------------------------------------------------------------------------------
 
     def _record(self, records: Sequence[RequestRecord], exec_ms: float | None = None) -> None:
-        self.writer.write_rows([record_row(r) for r in records])
+        """Write generated requests' rows; hand network requests' outcomes back to the front end,
+        which answers the client and owns their records."""
+        local = [r for r in records if r.request.images is None]
+        if local:
+            self.writer.write_rows([record_row(r) for r in local])
+        if self.net is not None and len(local) < len(records):
+            self.net.send_results([r for r in records if r.request.images is not None])
         w = self._window
         with w.lock:
             for r in records:
@@ -200,6 +208,14 @@ class InferenceService:
                     self._record([shed(request, "queue full", self.variant, self.model_version)])
         finally:
             self.arrivals_done.set()
+
+    def receive_net(self, net: NetLink) -> None:
+        """Network thread: network clients' requests into the same bounded queue as generated ones."""
+        for request in net.requests():
+            with self._window.lock:
+                self._window.arrived += 1
+            if not self.queue.offer(request, request.arrival_ns):
+                self._record([shed(request, "queue full", self.variant, self.model_version)])
 
     def listen(self) -> None:
         """Listener thread: apply or queue control commands until Stop."""
@@ -332,6 +348,8 @@ class InferenceService:
             target=self.produce, args=(t0_ns, offsets_s, first_request_id), name="source", daemon=True
         )
         source.start()
+        if self.net is not None:
+            threading.Thread(target=self.receive_net, args=(self.net,), name="net", daemon=True).start()
         period_ns = round(self.config.stats_period_s * NS_PER_S)
         next_stats_ns = t0_ns + period_ns
         self._window_start_ns = t0_ns
@@ -364,6 +382,108 @@ class InferenceService:
             )
         self._send_stats()
         self.writer.close()
+        if self.net is not None:
+            self.net.close()
+
+
+def _request_size(request: Request) -> int:
+    return request.size
+
+
+class NetLink:
+    """The worker's end of its connection to the front end (cotrain/ingress/wire.py).
+
+    Requests are decoded here, in the worker, into the tensors the model takes: FP32 as sent
+    (already in the model's layout and scale), UINT8 as raw pixels scaled to [0, 1] and then
+    normalised as the service's dataset is, so a camera's bytes and the pool's images look alike
+    to the model.
+    """
+
+    def __init__(self, conn: Connection, dataset_kind: str, device: str = "cpu") -> None:
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._dataset_kind = dataset_kind
+        self._device = device
+        self.closed = False
+
+    @classmethod
+    def connect(cls, address: str, authkey: bytes, worker: str, dataset_kind: str, device: str) -> NetLink:
+        from multiprocessing.connection import Client
+
+        from cotrain.ingress.wire import Hello
+
+        conn = Client(address, family="AF_UNIX", authkey=authkey)
+        conn.send(Hello(worker, os.getpid()))
+        return cls(conn, dataset_kind, device)
+
+    def requests(self) -> Iterator[Request]:
+        """Requests as they arrive, until the front end closes the connection."""
+        while not self.closed:
+            try:
+                batch = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            for message in batch:
+                yield Request(message.request_id, message.arrival_ns, -1, self._tensor(message))
+
+    def _tensor(self, message: Any) -> Any:
+        import numpy as np
+        import torch
+
+        dtype = np.float32 if message.datatype == "FP32" else np.uint8
+        array = np.frombuffer(message.data, dtype=dtype).reshape(message.shape)
+        images = torch.from_numpy(array.copy())
+        if message.datatype == "UINT8":
+            images = _normalise_pixels(images.float() / 255.0, self._dataset_kind)
+        return images
+
+    def send_results(self, records: Sequence[RequestRecord]) -> None:
+        from cotrain.ingress.wire import NetResult
+
+        results = []
+        for r in records:
+            logits = b""
+            shape: tuple[int, ...] = ()
+            if r.output is not None:
+                array = r.output.astype("<f4", copy=False)
+                logits, shape = array.tobytes(), tuple(array.shape)
+            results.append(
+                NetResult(
+                    r.request.request_id,
+                    r.outcome.value,
+                    r.reason,
+                    r.start_ns,
+                    r.end_ns,
+                    r.batch_size,
+                    r.variant,
+                    r.model_version,
+                    logits,
+                    shape,
+                )
+            )
+        with self._send_lock:
+            try:
+                self._conn.send(results)
+            except (BrokenPipeError, EOFError, OSError):
+                self.closed = True  # the front end is gone: it fails what it did not hear back
+
+    def close(self) -> None:
+        self.closed = True
+        with self._send_lock:
+            self._conn.close()
+
+
+def _normalise_pixels(images: Any, dataset_kind: str) -> Any:
+    """[0, 1] pixels to the scale of the service's own images (workloads/data.py)."""
+    import torch
+
+    if dataset_kind == "digits":
+        return (images - 0.5) / 0.5
+    from cotrain.workloads.data import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
 
 
 def _set_torch_threads(threads: int) -> None:
@@ -395,15 +515,28 @@ def _sample_pool(config: InferenceConfig, seed: int) -> tuple[list[Any], Iterato
 
 
 def make_infer(model: Any, pool: Sequence[Any], device: str = "cpu") -> Infer:
+    """The batch function: one output per request, its logits as a numpy array [n, classes].
+
+    Generated requests take their image from the pool; a network request brings its own images
+    (possibly several), so the batch tensor is the requests' images side by side."""
     import torch
 
     def infer(batch: Sequence[Request]) -> Sequence[Any]:
-        x = torch.stack([pool[r.sample_index] for r in batch])
+        if all(r.images is None for r in batch):
+            x = torch.stack([pool[r.sample_index] for r in batch])
+        else:
+            x = torch.cat(
+                [pool[r.sample_index].unsqueeze(0) if r.images is None else r.images for r in batch]
+            )
         if device != "cpu":
             x = x.to(device, non_blocking=True)
         with torch.inference_mode():
-            predictions: list[Any] = model(x).argmax(dim=1).tolist()
-        return predictions
+            logits = model(x).float().cpu().numpy()
+        outputs, start = [], 0
+        for r in batch:
+            outputs.append(logits[start : start + r.size])
+            start += r.size
+        return outputs
 
     return infer
 
@@ -419,11 +552,14 @@ def inference_process_main(
     higher_slots: tuple[int, ...] = (),
     floor_per_s: float = 0.0,
     nice: int = 0,
+    net: tuple[str, bytes, str] | None = None,
 ) -> None:
     """Entry point of the spawned inference process.
 
     `gate_slot` is this service's slot of the shared gate; `higher_slots` are the slots of the
-    services that outrank it, and `floor_per_s` its throughput floor (priority.py).
+    services that outrank it, and `floor_per_s` its throughput floor (priority.py). `net`, for a
+    service with ingress, is (front end's socket, its authkey, this worker's name): the process
+    connects when it starts serving, so a replacement after a restart connects the same way.
     """
     channel = Channel(conn)
     try:
@@ -494,9 +630,14 @@ def inference_process_main(
             service.writer.close()
             channel.send(Finished("stopped before start"))
             exit_now()
+        if net is not None:
+            address, authkey, worker = net
+            service.net = NetLink.connect(address, authkey, worker, config.dataset.kind, config.device)
         listener = threading.Thread(target=service.listen, name="listener", daemon=True)
         listener.start()
-        service.serve(start.t0_ns, arrival_offsets_s(config.arrivals), start.first_request_id)
+        schedule = config.generated_arrivals
+        offsets = arrival_offsets_s(schedule) if schedule is not None else iter(())
+        service.serve(start.t0_ns, offsets, start.first_request_id)
         channel.send(Finished())
         exit_now()
     except BaseException as exc:
