@@ -260,7 +260,11 @@ class IngressConfig(StrictModel):
     non-loopback address needs `tls` or an explicit `insecure: true`.
     """
 
-    http: str | None = Field(None, description="host:port of the HTTP/REST endpoint, e.g. 127.0.0.1:8000")
+    http: str | None = Field(
+        None,
+        description="host:port of the HTTP/REST endpoint, e.g. 127.0.0.1:8000; port 0 picks a free "
+        "port (the bound addresses are in the run directory's ingress.json)",
+    )
     grpc: str | None = Field(None, description="host:port of the gRPC endpoint, e.g. 127.0.0.1:8001")
     metrics: str | None = Field(None, description="host:port of the Prometheus metrics page (/metrics)")
     tls: IngressTlsConfig | None = Field(None, description="serve HTTPS and gRPC over TLS")
@@ -280,13 +284,15 @@ class IngressConfig(StrictModel):
     @field_validator("http", "grpc", "metrics")
     @classmethod
     def _addresses(cls, value: str | None) -> str | None:
-        return None if value is None else check_host_port(value, "127.0.0.1:8000")
+        return None if value is None else check_host_port(value, "127.0.0.1:8000", any_port=True)
 
     @model_validator(mode="after")
     def _something_to_listen_on(self) -> IngressConfig:
         if self.http is None and self.grpc is None:
             raise ValueError("give http, grpc or both (host:port)")
-        addresses = [a for a in (self.http, self.grpc, self.metrics) if a is not None]
+        addresses = [
+            a for a in (self.http, self.grpc, self.metrics) if a is not None and not a.endswith(":0")
+        ]
         if len(set(addresses)) != len(addresses):
             raise ValueError("http, grpc and metrics need different addresses")
         if self.insecure and self.tls is not None:
@@ -418,15 +424,17 @@ class ContinualConfig(StrictModel):
     drift: DriftConfig = Field(DriftConfig(), description="how the arriving samples drift")
 
 
-def check_host_port(value: str, example: str = "fl.example.org:9092") -> str:
-    """`host:port` with a port in 1..65535 and no scheme; IPv6 hosts in brackets."""
+def check_host_port(value: str, example: str = "fl.example.org:9092", *, any_port: bool = False) -> str:
+    """`host:port` with a port in 1..65535 (0 too with `any_port`: the system picks one) and no
+    scheme; IPv6 hosts in brackets."""
     if "://" in value:
         raise ValueError("give host:port without a scheme (TLS is set separately)")
     host, sep, port = value.rpartition(":")
     if not sep or not host or any(c.isspace() for c in value):
         raise ValueError(f"must be host:port, e.g. {example}")
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port must be a number in 1..65535, got {port!r}")
+    low = 0 if any_port else 1
+    if not (port.isascii() and port.isdigit()) or not low <= int(port) <= 65535:
+        raise ValueError(f"port must be a number in {low}..65535, got {port!r}")
     return value
 
 

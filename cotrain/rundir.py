@@ -85,6 +85,11 @@ class RunDir:
         digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"cotrain-{digest}-{job}.sock"
 
+    def ingress_socket(self) -> Path:
+        """The Unix socket the inference processes connect to the front end on (mode 0600)."""
+        digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"cotrain-{digest}-ingress.sock"
+
     def is_run(self) -> bool:
         return any((self.path / m).exists() for m in RUN_MARKERS)
 

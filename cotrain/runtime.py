@@ -273,6 +273,7 @@ class Runtime:
         self._standby_ready: set[str] = set()  # warm standbys that reported Ready
         self._last_power_refusal = ""
         self._stop_s: float | None = None  # when the run window closed (offset from t0)
+        self.ingress: Any = None  # the network front end (cotrain/ingress/hub.py), with ingress
 
     # --- records -------------------------------------------------------------------------------
 
@@ -657,6 +658,7 @@ class Runtime:
             names = [service.worker]
             if config.supervision.standby:
                 names.append(service.worker + STANDBY)  # loaded now, idle until the service dies
+            net = self.ingress.worker_args(service.worker) if self.ingress is not None else None
             for name in names:
                 self.supervisor.spawn(
                     name,
@@ -671,6 +673,7 @@ class Runtime:
                         higher_priority_slots(priorities, slot),
                         getattr(service.config, "min_throughput_per_s", 0.0),
                         priority_nice(priorities, slot),
+                        net,  # a standby connects as the service it stands in for, once promoted
                     ),
                 )
         federated = [j.name for j in config.workloads.training if j.kind == "federated"]
@@ -790,6 +793,7 @@ class Runtime:
             with self._signal_handlers():
                 try:
                     try:
+                        self._start_ingress()
                         self._spawn_all()
                         self._log(
                             f"started {len(self.supervisor.workers)} workload process(es), loading models"
@@ -843,6 +847,34 @@ class Runtime:
             raise RunFailed(str(error)) from error
         return summary
 
+    def _start_ingress(self) -> None:
+        """Bind the network front end before the workers load: a taken port fails the run now."""
+        from cotrain.ingress.hub import IngressHub, shared_ingress
+
+        if shared_ingress(self.services) is None:
+            return
+        from cotrain.cli import _version
+        from cotrain.workloads.data import dataset_num_classes
+
+        def classes(service: Any) -> int:
+            return int(service.config.model.num_classes or dataset_num_classes(service.config.dataset))
+
+        self.ingress = IngressHub(
+            self.services,
+            self._requests_csv,
+            self.run_dir.ingress_socket(),
+            classes,
+            version=_version(),
+            log=self._log,
+        )
+        try:
+            self.ingress.start()
+        except OSError as exc:
+            raise RunFailed(f"ingress: cannot listen: {exc}") from exc
+        bound = self.ingress.bound()
+        write_json_atomic(self.run_dir.path / "ingress.json", bound)
+        self.event("ingress_listening", **bound)
+
     # --- supervision ---------------------------------------------------------------------------
 
     def _is_inference(self, worker: str) -> bool:
@@ -872,6 +904,8 @@ class Runtime:
             error=handle.failure.error if handle.failure else None,
         )
         self._log(f"[red]{name} (pid {handle.pid}) died, exit code {code}[/red]")
+        if self._is_inference(name) and self.ingress is not None:
+            self.ingress.worker_died(name)  # its clients are answered now, not at the next tick
         if self._is_inference(name) and self._t0_ns is not None:
             self.gate.set(False, self._slot(name))  # a dead service must not hold training back
             self._down_since_s.setdefault(name, self._elapsed_s())
@@ -1011,6 +1045,8 @@ class Runtime:
         """Kill what is still running, and account for the requests a killed service held."""
         self._restoring = True  # from here on signals are noted, never interrupt the restore
         self.status = "interrupted"
+        if self.ingress is not None:
+            self.ingress.close_admission()
         stop_s = self._stop_s if self._stop_s is not None else 0.0
         for worker in self.supervisor.kill_remaining():
             self.event("worker_killed", worker=worker, reason="forced exit (second signal)")
@@ -1018,6 +1054,8 @@ class Runtime:
                 self._down_since_s.setdefault(worker, stop_s)
         for worker in list(self._down_since_s):
             self._account_down(worker, stop_s)
+        if self.ingress is not None:
+            self.ingress.close()
 
     def _apply_initial_placement(self) -> None:
         knobs = self.knobs
@@ -1041,9 +1079,13 @@ class Runtime:
             if self._stop_reason is not None:
                 self.event("stop_requested", signal=self._stop_reason)
             self.event("run_stopped", status=status)
+        if self.ingress is not None:
+            self.ingress.close_admission()  # new clients get 503; accepted requests drain
         drain_s = max((s.config.drain_timeout_s for s in self.services), default=0.0)
         timeout_s = drain_s + 30.0
         killed = self.supervisor.stop_all(timeout_s, self.on_report)
+        if self.ingress is not None:
+            self.ingress.close()  # answers anything a killed worker still held
         for worker in killed:
             self.event("worker_killed", worker=worker, reason=f"did not stop within {timeout_s:.0f} s")
         for handle in self.supervisor.workers.values():

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-ACCEPTED_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+ACCEPTED_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 PROTOCOL_EXTENSIONS = ("binary_tensor_data", "parameters")
 
 GRPC_CODES = {
