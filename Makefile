@@ -17,7 +17,7 @@ PIP_INDEX ?=
 EXTRAS ?=
 comma := ,
 DEMO_SPEC := .$(if $(EXTRAS),[$(EXTRAS)],)
-TEST_SPEC := .[dev,federated$(if $(EXTRAS),$(comma)$(EXTRAS),)]
+TEST_SPEC := .[dev,federated,serve$(if $(EXTRAS),$(comma)$(EXTRAS),)]
 DEMO_STAMP := $(VENV)/.cotrain-demo$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)),)
 TEST_STAMP := $(VENV)/.cotrain-test$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)),)
 # The default suite leaves out the long end-to-end runs (marked slow); `make test-all` runs them too.

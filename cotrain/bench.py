@@ -174,6 +174,8 @@ def run_bench(
     if unknown:
         raise BenchError(f"unknown controller(s) {', '.join(unknown)}; known: {', '.join(BENCH_CONTROLLERS)}")
     run_s = bench.run_duration_s or config.duration_s
+    if run_s is None:
+        raise BenchError(f"{scenario}: give duration_s or bench.run_duration_s: a bench run has an end")
     oracle_s = bench.oracle_run_duration_s or run_s
     grid = oracle_grid(config)
     primary = config.workloads.primary_inference()

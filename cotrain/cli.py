@@ -101,7 +101,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     ]
     print(
         f"{args.config}: ok ({', '.join(parts)}; "
-        f"controller {config.controller.name}; {config.duration_s:g} s)"
+        f"controller {config.controller.name}; "
+        + (f"{config.duration_s:g} s)" if config.duration_s is not None else "until stopped)")
     )
     return EXIT_OK
 
@@ -136,9 +137,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`cotrain run` that needs no duration: it serves until SIGINT or SIGTERM."""
+    return cmd_run(args, serve=True)
+
+
+def cmd_run(args: argparse.Namespace, *, serve: bool = False) -> int:
     overrides: dict[str, Any] = {}
-    if args.duration is not None:
+    if getattr(args, "duration", None) is not None:
         overrides["duration_s"] = args.duration
     if args.out is not None:
         overrides["output"] = {"dir": args.out}
@@ -146,6 +152,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_BAD_INPUT
     config, platform = loaded
+    if config.duration_s is None and not serve:
+        platform.restore()
+        _err(
+            f"{args.config}: duration_s: required for cotrain run (give it, or --duration S); "
+            "cotrain serve runs until SIGINT or SIGTERM"
+        )
+        return EXIT_BAD_INPUT
 
     from rich.console import Console
 
@@ -592,6 +605,20 @@ def _command(
     return parser
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Open-loop load against an Open Inference Protocol server; see cotrain/loadgen.py."""
+    from cotrain.extras import SERVE, missing_reason
+
+    reason = missing_reason(SERVE)
+    if reason is not None:
+        _err(reason)
+        return EXIT_BAD_INPUT
+    from cotrain.loadgen import load_command
+
+    code: int = load_command(args)
+    return code
+
+
 def _add_platform_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=("host", "jetson"), help="the platform; default: detected")
     parser.add_argument("--root", default="/", help="filesystem root to read the device from (for fakes)")
@@ -639,6 +666,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="replace a previous run in the run directory")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--dashboard", action="store_true", help="show the live dashboard while it runs")
+
+    serve = _command(
+        sub,
+        "serve",
+        "serve an experiment's services until SIGINT or SIGTERM (duration_s optional)",
+        "cotrain serve experiments/serve-demo.yaml --out runs/serve",
+        func=cmd_serve,
+    )
+    serve.add_argument("config", help="experiment YAML, usually with workloads.inference.ingress")
+    serve.add_argument("--duration", type=float, metavar="S", help="stop after S seconds instead")
+    serve.add_argument(
+        "--out", metavar="DIR", help="run directory; default: output.dir, else runs/<name>-<time>"
+    )
+    serve.add_argument("--force", action="store_true", help="replace a previous run in the run directory")
+    serve.add_argument("--quiet", action="store_true", help="no progress lines")
+    serve.add_argument("--dashboard", action="store_true", help="show the live dashboard while it serves")
 
     watch = _command(
         sub,
@@ -760,6 +803,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--controllers",
         type=lambda s: [c for c in s.split(",") if c],
         help="comma-separated subset; default: the scenario's bench.controllers",
+    )
+
+    load = _command(
+        sub,
+        "load",
+        "send open-loop load to an Open Inference Protocol (KServe v2) server and record every request",
+        "cotrain load grpc://127.0.0.1:8001 --model inference --arrivals a.yaml --duration 30 --out runs/ld",
+        "cotrain load http://127.0.0.1:8000 --model inference --arrivals experiments/minimal.yaml "
+        "--duration 30 --out runs/load-http",
+        func=cmd_load,
+    )
+    load.add_argument(
+        "url", metavar="URL", help="grpc://host:port or http://host:port; grpcs://, https:// for TLS"
+    )
+    load.add_argument("--model", required=True, metavar="NAME", help="the model to send to")
+    load.add_argument(
+        "--arrivals",
+        required=True,
+        metavar="FILE",
+        help="arrivals YAML: {process: ...}, a file with an arrivals: key, or an experiment file",
+    )
+    load.add_argument("--duration", required=True, type=float, metavar="S", help="seconds of sending")
+    load.add_argument("--out", required=True, metavar="DIR", help="where requests.csv and summary.json go")
+    load.add_argument("--token-file", dest="token_file", metavar="F", help="a bearer token to send")
+    load.add_argument(
+        "--timeout-s", dest="timeout_s", type=float, default=10.0, metavar="S", help="per-request timeout"
+    )
+    load.add_argument("--batch", type=int, default=1, metavar="N", help="images per request")
+    load.add_argument(
+        "--wait-ready-s",
+        dest="wait_ready_s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long to wait for the server and the model to be ready",
+    )
+    load.add_argument("--seed", type=int, default=0, help="seed of the input data")
+    load.add_argument("--datatype", metavar="TYPE", help="override the model's input datatype, e.g. UINT8")
+    load.add_argument("--ca", metavar="FILE", help="CA bundle (PEM) that verifies a TLS server")
+    load.add_argument(
+        "--max-in-flight",
+        dest="max_in_flight",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="requests outstanding at once; beyond it a request is recorded as in_flight_limit",
     )
 
     telemetry = _command(sub, "telemetry", "telemetry tools")

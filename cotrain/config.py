@@ -854,8 +854,12 @@ class ExperimentConfig(StrictModel):
         description="run name: the default run directory is runs/<name>-<timestamp>",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="base seed of the run")
-    duration_s: float = Field(
-        gt=0, le=7 * 24 * 3600, description="measured run time; model loading before it is not counted"
+    duration_s: float | None = Field(
+        None,
+        gt=0,
+        le=10 * 365 * 24 * 3600,
+        description="measured run time, model loading not counted; required by cotrain run and bench, "
+        "optional for cotrain serve, which otherwise runs until SIGINT or SIGTERM",
     )
     platform: PlatformConfig = Field(
         HostPlatformConfig(kind="host"),
@@ -892,6 +896,18 @@ class ExperimentConfig(StrictModel):
                 wanted = step.set.inference.variant if step.set.inference else None
                 if wanted is not None and wanted not in ladder:
                     raise ValueError(f"controller.steps: variant {wanted!r} is not in {where}.variants")
+        return self
+
+    @model_validator(mode="after")
+    def _services_share_one_ingress(self) -> ExperimentConfig:
+        """Several services are served under their names on the same listeners."""
+        with_ingress = [s for s in self.workloads.inference_services() if s.config.ingress is not None]
+        for service in with_ingress[1:]:
+            if service.config.ingress != with_ingress[0].config.ingress:
+                raise ValueError(
+                    f"{service.where}.ingress must equal {with_ingress[0].where}.ingress: services are "
+                    "served under their names on the same addresses"
+                )
         return self
 
     @model_validator(mode="after")

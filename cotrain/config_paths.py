@@ -32,11 +32,21 @@ def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
 
 
 def _members(annotation: Any) -> list[tuple[Any, list[Any]]]:
-    """The members of a union (each with its Annotated metadata), None removed; [itself] otherwise."""
+    """The members of a union (each with its Annotated metadata), None removed and nested unions
+    (`Optional[Annotated[A | B, discriminator]]`) flattened; [itself] otherwise."""
     annotation, metadata = _unwrap(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [_unwrap(a) for a in typing.get_args(annotation) if a is not type(None)]
-    return [(annotation, metadata)]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return [(annotation, metadata)]
+    members: list[tuple[Any, list[Any]]] = []
+    for arg in typing.get_args(annotation):
+        if arg is type(None):
+            continue
+        inner, _ = _unwrap(arg)
+        if typing.get_origin(inner) in (typing.Union, types.UnionType):
+            members += _members(arg)
+        else:
+            members.append(_unwrap(arg))
+    return members
 
 
 def model_tag(model: type[BaseModel]) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ class Extra:
     distribution: str  # the PyPI package
     needs: str  # what in a config needs it
     min_python: tuple[int, int] = (3, 10)
+    also: tuple[str, ...] = ()  # further modules the extra brings
 
     @property
     def install(self) -> str:
@@ -30,12 +31,19 @@ class Extra:
 
 FEDERATED = Extra("federated", "flwr", "flwr", "federated training jobs (kind: federated)", (3, 11))
 JETSON = Extra("jetson", "jtop", "jetson-stats", "jtop telemetry and mode switching on a Jetson")
-EXTRAS = (FEDERATED, JETSON)
+SERVE = Extra(
+    "serve",
+    "tritonclient.grpc",
+    "tritonclient",
+    "the network front end (ingress) and cotrain load",
+    also=("grpc", "uvicorn", "prometheus_client"),
+)
+EXTRAS = (FEDERATED, JETSON, SERVE)
 
 
 def installed(extra: Extra) -> bool:
     try:
-        return importlib.util.find_spec(extra.module) is not None
+        return all(importlib.util.find_spec(m) is not None for m in (extra.module, *extra.also))
     except (ImportError, ValueError):  # a broken or half-installed package
         return False
 

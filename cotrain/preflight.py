@@ -31,6 +31,7 @@ from cotrain.config import (
     ExperimentConfig,
     ImageFolderDatasetConfig,
     InferenceConfig,
+    IngressConfig,
     ModelConfig,
     RemoteServerConfig,
     ScheduleControllerConfig,
@@ -348,9 +349,12 @@ def extras_problems(config: ExperimentConfig) -> list[str]:
     jtop is needed only where it was asked for explicitly (`platform.jtop: true`): by default a
     Jetson without jetson-stats falls back to tegrastats and sysfs, with a warning."""
     from cotrain.config import JetsonPlatformConfig
-    from cotrain.extras import FEDERATED, JETSON, missing_reason
+    from cotrain.extras import FEDERATED, JETSON, SERVE, missing_reason
 
     problems = []
+    for service in config.workloads.inference_services():
+        if service.config.ingress is not None and (reason := missing_reason(SERVE)) is not None:
+            problems.append(f"{service.where}.ingress: {reason}")
     for i, job in enumerate(config.workloads.training):
         if job.kind == "federated" and (reason := missing_reason(FEDERATED)) is not None:
             problems.append(f"workloads.training[{i}].kind: {reason}")
@@ -359,6 +363,61 @@ def extras_problems(config: ExperimentConfig) -> list[str]:
         reason = missing_reason(JETSON)
         if reason is not None:
             problems.append(f"platform.jtop: {reason} (or set jtop: false to use tegrastats)")
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any address, so it is not loopback
+        return False
+
+
+def ingress_problems(where: str, ingress: IngressConfig) -> list[str]:
+    """Addresses that cannot be bound, plain text off loopback, unusable TLS files or token."""
+    import socket
+
+    problems = []
+    for field, address in ingress.addresses():
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        if not _is_loopback(host) and ingress.tls is None and not ingress.insecure:
+            problems.append(
+                f"{where}.ingress.{field}: {address} is not a loopback address: give ingress.tls "
+                "(cert and key) or set ingress.insecure: true explicitly"
+            )
+            continue
+        if int(port) == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((host, int(port)))
+        except OSError as exc:
+            problems.append(f"{where}.ingress.{field}: cannot listen on {address}: {exc.strerror or exc}")
+    if ingress.tls is not None:
+        from cotrain.ingress.server import server_ssl_context
+
+        try:
+            server_ssl_context(ingress.tls.cert, ingress.tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(
+                f"{where}.ingress.tls: cannot load certificate {ingress.tls.cert!r} with key "
+                f"{ingress.tls.key!r}: {exc}"
+            )
+    if ingress.token_file is not None:
+        try:
+            token = Path(ingress.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}.ingress.token_file: cannot read {ingress.token_file!r}: {exc}")
+        else:
+            if len(token) < 16:
+                problems.append(f"{where}.ingress.token_file: the token must be at least 16 characters")
     return problems
 
 
@@ -382,6 +441,8 @@ def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
         mine += _ladder_problems(where, inference.variants, known)
         mine += _cpu_problems(where, inference.cpus, available_cpus)
         mine += _device_problems(where, inference)
+        if inference.ingress is not None:
+            mine += ingress_problems(where, inference.ingress)
         if not mine:  # the model, its images and its CPUs are fine: the SLO can be checked
             mine += _slo_problems(where, inference, len(inference.cpus or available_cpus) or 1)
         problems += mine

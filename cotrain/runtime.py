@@ -274,6 +274,7 @@ class Runtime:
         self._last_power_refusal = ""
         self._stop_s: float | None = None  # when the run window closed (offset from t0)
         self.ingress: Any = None  # the network front end (cotrain/ingress/hub.py), with ingress
+        self.metrics: Any = None  # the Prometheus page (cotrain/metrics_feed.py), with ingress.metrics
 
     # --- records -------------------------------------------------------------------------------
 
@@ -324,6 +325,8 @@ class Runtime:
 
     def on_report(self, worker: str, report: Report) -> None:
         if isinstance(report, InferenceStats):
+            if self.metrics is not None:
+                self.metrics.stats(worker, report)
             if worker == self.primary:  # the others are governed by priorities, not the controller
                 self._inference_stats.append(report)
             if worker in self._queues:
@@ -350,6 +353,8 @@ class Runtime:
                 self._last_model = LoadModel(report.path, report.version, worker)
                 self.supervisor.send(INFERENCE, self._last_model)
         elif isinstance(report, ModelSwapped):
+            if self.metrics is not None:
+                self.metrics.model_swapped(worker, report.version)
             self.event(
                 "model_swapped",
                 worker=worker,
@@ -540,6 +545,9 @@ class Runtime:
                 f"accuracy {row.eval_accuracy:.3f}"
             )
         self._rounds_seen = len(rows)
+        if self.metrics is not None:
+            jobs = [j.name for j in self.config.workloads.training if j.kind == "federated"]
+            self.metrics.federated_rounds(jobs, sum(1 for r in rows if r.clients > 0))
 
     def _stop_federations(self) -> None:
         if self._federation is not None:
@@ -584,9 +592,13 @@ class Runtime:
             self._last_inference_stats = self._inference_stats
         self._inference_stats = []
         self._training_stats = {job: [] for job in self._training_stats}
+        if self.metrics is not None:
+            self.metrics.tick(window_s, sample, obs.training, self.knobs, self.primary)
         action, state = self.policy.decide(obs, state)
         if not action.is_empty():
             self.actuate(action)
+            if self.metrics is not None:
+                self.metrics.decision()
         if not action.is_empty() or action.notes:
             self._decide_record(now_s, action)
         return state
@@ -745,7 +757,8 @@ class Runtime:
     def _control_loop(self) -> None:
         assert self._t0_ns is not None
         period_ns = round(self.config.controller.period_s * NS_PER_S)
-        end_ns = self._t0_ns + round(self.config.duration_s * NS_PER_S)
+        duration_s = self.config.duration_s
+        end_ns = self._t0_ns + round(duration_s * NS_PER_S) if duration_s is not None else None
         next_tick_ns = self._t0_ns + period_ns
         last_tick_ns = self._t0_ns
         state = self.policy.initial_state()
@@ -754,9 +767,9 @@ class Runtime:
             if self._stop_reason is not None:
                 self.status = "interrupted"
                 return
-            if now_ns >= end_ns:
+            if end_ns is not None and now_ns >= end_ns:
                 return
-            wake_ns = min(next_tick_ns, end_ns, *self._restart_due_ns.values())
+            wake_ns = min(next_tick_ns, end_ns or next_tick_ns, *self._restart_due_ns.values())
             timeout_s = (wake_ns - now_ns) / NS_PER_S
             for worker, report in self.supervisor.poll(timeout_s, extra=[self._wake_r]):
                 self.on_report(worker, report)
@@ -811,12 +824,19 @@ class Runtime:
                             )
                         self._t0_ns = self.clock.now_ns()
                         self.event("run_started", duration_s=self.config.duration_s)
+                        if self.metrics is not None:
+                            self.metrics.started()
                         self._decide_record(0.0, Action(reason="initial knobs from config"))
                         for name in self.supervisor.workers:
                             if not name.endswith(STANDBY):
                                 self.supervisor.send(name, Start(self._t0_ns))
                         self._submit_federated_run()
-                        self._log(f"running for {self.config.duration_s:g} s -> {run_dir.path}")
+                        how_long = (
+                            f"for {self.config.duration_s:g} s"
+                            if self.config.duration_s is not None
+                            else "until SIGINT or SIGTERM"
+                        )
+                        self._log(f"running {how_long} -> {run_dir.path}")
                         self._control_loop()
                     except KeyboardInterrupt:
                         self.status = "interrupted"
@@ -840,6 +860,8 @@ class Runtime:
                     appender.close()
             for queue in self._queues.values():
                 queue.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.supervisor.close()
         summary = compute_summary(run_dir.path)
         write_json_atomic(run_dir.summary, summary)
@@ -849,9 +871,10 @@ class Runtime:
 
     def _start_ingress(self) -> None:
         """Bind the network front end before the workers load: a taken port fails the run now."""
-        from cotrain.ingress.hub import IngressHub, shared_ingress
+        from cotrain.ingress.hub import IngressHub, shared_ingress, split_address
 
-        if shared_ingress(self.services) is None:
+        ingress = shared_ingress(self.services)
+        if ingress is None:
             return
         from cotrain.cli import _version
         from cotrain.workloads.data import dataset_num_classes
@@ -859,12 +882,33 @@ class Runtime:
         def classes(service: Any) -> int:
             return int(service.config.model.num_classes or dataset_num_classes(service.config.dataset))
 
+        metrics_address = None
+        if ingress.metrics is not None:
+            from cotrain.metrics_feed import RunMetrics
+
+            workers = [s.worker for s in self.services] + [
+                train_worker(j.name) for j in self.config.workloads.training
+            ]
+            self.metrics = RunMetrics(self.config, self.services, workers)
+            tls = ingress.tls
+            try:
+                metrics_address = self.metrics.serve(
+                    *split_address(ingress.metrics),
+                    certfile=tls.cert if tls else None,
+                    keyfile=tls.key if tls else None,
+                )
+            except OSError as exc:
+                raise RunFailed(f"ingress: cannot serve metrics on {ingress.metrics}: {exc}") from exc
+        metrics = self.metrics
         self.ingress = IngressHub(
             self.services,
             self._requests_csv,
             self.run_dir.ingress_socket(),
             classes,
             version=_version(),
+            on_reply=None
+            if metrics is None
+            else lambda name, reply, latency_s: metrics.reply(name, reply.outcome, reply.status, latency_s),
             log=self._log,
         )
         try:
@@ -872,6 +916,9 @@ class Runtime:
         except OSError as exc:
             raise RunFailed(f"ingress: cannot listen: {exc}") from exc
         bound = self.ingress.bound()
+        if metrics_address is not None:
+            bound["metrics"] = metrics_address
+            self._log(f"  metrics on {metrics_address}/metrics")
         write_json_atomic(self.run_dir.path / "ingress.json", bound)
         self.event("ingress_listening", **bound)
 
@@ -921,6 +968,8 @@ class Runtime:
         if standby in self._standby_ready:  # a warm spare takes over now; a new spare loads behind it
             self._standby_ready.discard(standby)
             self.restarts[name] = done + 1
+            if self.metrics is not None:
+                self.metrics.restarted(name)
             handle = self.supervisor.promote(standby, name)
             self._starting[name] = self.clock.now_ns()
             self.event("worker_restarted", worker=name, pid=handle.pid, attempt=done + 1, from_standby=True)
@@ -944,6 +993,8 @@ class Runtime:
                 self.event("standby_spawned", worker=name, pid=handle.pid)
                 continue
             self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self.metrics is not None:
+                self.metrics.restarted(name)
             self._cut_torn_records(name)
             handle = self.supervisor.respawn(name)
             self._starting[name] = now_ns
@@ -1079,6 +1130,8 @@ class Runtime:
             if self._stop_reason is not None:
                 self.event("stop_requested", signal=self._stop_reason)
             self.event("run_stopped", status=status)
+            if self.metrics is not None:
+                self.metrics.stopped()
         if self.ingress is not None:
             self.ingress.close_admission()  # new clients get 503; accepted requests drain
         drain_s = max((s.config.drain_timeout_s for s in self.services), default=0.0)

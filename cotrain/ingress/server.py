@@ -247,6 +247,13 @@ class Frontend:
             dispatcher.reject(exc, "http")
             await _respond(send, exc.status, error_json(exc.message), close=True)
             return
+        encoding = headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            try:
+                body = _decompress(body, encoding, limit)
+            except ProtocolError as exc:
+                dispatcher.reject(exc, "http")
+                raise
         header_length = headers.get("inference-header-content-length")
         try:
             if header_length is not None and not header_length.isdigit():
@@ -408,6 +415,23 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body (tritonclient's request compression), never inflated past `limit`."""
+    import zlib
+
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise ProtocolError(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(400, f"body is not valid {encoding}: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise ProtocolError(413, f"request body over {limit} bytes once decompressed")
+    return data
 
 
 def _retry_header(retry_after_s: float | None) -> dict[str, str]:

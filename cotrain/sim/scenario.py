@@ -114,7 +114,7 @@ def _arrivals(config: ExperimentConfig) -> ArrivalSpec:
     if isinstance(a, BurstyArrivalsConfig):
         period = a.on_s + a.off_s
         steps: list[tuple[float, float]] = []
-        for k in range(math.ceil(config.duration_s / period)):
+        for k in range(math.ceil(_duration_s(config) / period)):
             steps += [(k * period, a.on_rate_per_s), (k * period + a.on_s, a.off_rate_per_s)]
         return ArrivalSpec("poisson", tuple(steps))
     if a is None:
@@ -122,6 +122,12 @@ def _arrivals(config: ExperimentConfig) -> ArrivalSpec:
     raise ValueError(
         f"arrival process {a.process!r} is not simulated (constant, poisson, schedule, bursty are)"
     )
+
+
+def _duration_s(config: ExperimentConfig) -> float:
+    if config.duration_s is None:
+        raise ValueError("the simulator needs duration_s: a simulated run has an end")
+    return config.duration_s
 
 
 def _seed(config: ExperimentConfig) -> int:
@@ -171,7 +177,7 @@ def scenario_from_config(config: ExperimentConfig, *, board: str = DEFAULT_BOARD
         name=config.name,
         inference_model=None,
         training=training,
-        duration_s=config.duration_s,
+        duration_s=_duration_s(config),
         seed=_seed(config),
         mode=_mode(config, board),
         board=board,
