@@ -506,6 +506,8 @@ def cmd_parse_tegrastats(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    if args.ingress is not None:
+        return _bench_ingress_overhead(args)
     from cotrain.overhead import run_overhead_bench
 
     result = run_overhead_bench(Path(args.out), requests=args.requests, rate_per_s=args.rate)
@@ -514,6 +516,35 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     print(
         f"cotrain overhead per request over {result['requests']} requests: p50 {o['p50']:.3f} ms, "
         f"p99 {o['p99']:.3f} ms, max {o['max']:.3f} ms "
+        f"({verdict} the {result['target_p99_ms']} ms p99 target)"
+    )
+    print(f"written: {Path(args.out) / 'overhead.json'}")
+    return EXIT_OK
+
+
+def _bench_ingress_overhead(args: argparse.Namespace) -> int:
+    from cotrain.extras import SERVE, missing_reason
+
+    reason = missing_reason(SERVE)
+    if reason is not None:
+        _err(reason)
+        return EXIT_BAD_INPUT
+    from cotrain.ingress_overhead import run_ingress_overhead
+
+    try:
+        result = run_ingress_overhead(
+            args.ingress, Path(args.out), requests=args.requests, rate_per_s=args.rate, repeats=args.repeats
+        )
+    except RuntimeError as exc:
+        _err(str(exc))
+        return EXIT_RUN_FAILED
+    o, c, e = result["overhead_ms"], result["cotrain"]["latency_ms"], result["echo"]["latency_ms"]
+    verdict = "meets" if o["p99"] <= result["target_p99_ms"] else "misses"
+    print(
+        f"{args.ingress} at {args.rate:g} req/s, medians of {args.repeats} alternating runs of "
+        f"{args.requests}: "
+        f"cotrain p50 {c['p50']:.3f} / p99 {c['p99']:.3f} ms, bare echo p50 {e['p50']:.3f} / p99 "
+        f"{e['p99']:.3f} ms; cotrain adds p50 {o['p50']:.3f} / p99 {o['p99']:.3f} ms "
         f"({verdict} the {result['target_p99_ms']} ms p99 target)"
     )
     print(f"written: {Path(args.out) / 'overhead.json'}")
@@ -783,6 +814,14 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--requests", type=int, default=2000, help="requests to time")
     overhead.add_argument(
         "--rate", type=float, default=200.0, help="arrivals per second (spaced, no queueing)"
+    )
+    overhead.add_argument(
+        "--ingress",
+        choices=("grpc", "http"),
+        help="measure the network path instead: cotrain serve (noop model) against a bare echo server",
+    )
+    overhead.add_argument(
+        "--repeats", type=int, default=3, help="with --ingress: alternating runs per server"
     )
     scenario = _command(
         bench_sub,

@@ -845,6 +845,11 @@ class BenchConfig(StrictModel):
     oracle: OracleGridConfig = Field(
         OracleGridConfig(), description="the static grid searched for the oracle row"
     )
+    ingress: Literal["grpc", "http"] | None = Field(
+        None,
+        description="measure every row through the network front end on this protocol: the scenario's "
+        "arrivals are sent by a built-in cotrain load, latency is taken on the client's clock",
+    )
 
 
 class ExperimentConfig(StrictModel):

@@ -449,6 +449,8 @@ def preflight(config: ExperimentConfig, platform: Platform) -> list[str]:
     for i, job in enumerate(config.workloads.training):
         where = f"workloads.training[{i}]"
         problems += _model_problems(where, job.model, known)
+        if job.model.name == "noop":
+            problems.append(f"{where}.model.name: noop has nothing to train (it serves zeros)")
         problems += _dataset_problems(where, job.dataset)
         problems += _cpu_problems(where, job.cpus, available_cpus)
         problems += _remote_server_problems(where, job)

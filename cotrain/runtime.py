@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +24,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import yaml
 
 from cotrain.clock import NS_PER_S, Clock, MonotonicClock
 from cotrain.config import AdaptiveControllerConfig, ExperimentConfig, FederatedConfig, dump_config
@@ -275,6 +279,7 @@ class Runtime:
         self._stop_s: float | None = None  # when the run window closed (offset from t0)
         self.ingress: Any = None  # the network front end (cotrain/ingress/hub.py), with ingress
         self.metrics: Any = None  # the Prometheus page (cotrain/metrics_feed.py), with ingress.metrics
+        self._clients: dict[str, subprocess.Popen[str]] = {}  # built-in load clients, by service
 
     # --- records -------------------------------------------------------------------------------
 
@@ -807,6 +812,7 @@ class Runtime:
                 try:
                     try:
                         self._start_ingress()
+                        self._start_clients()  # they load tritonclient while the models load
                         self._spawn_all()
                         self._log(
                             f"started {len(self.supervisor.workers)} workload process(es), loading models"
@@ -921,6 +927,53 @@ class Runtime:
             self._log(f"  metrics on {metrics_address}/metrics")
         write_json_atomic(self.run_dir.path / "ingress.json", bound)
         self.event("ingress_listening", **bound)
+
+    def _start_clients(self) -> None:
+        """A service with both ingress and arrivals: a `cotrain load` process sends the arrivals
+        through the network front end, so the run measures what a real client sees (its records
+        in client/<service>/). gRPC when the service has it, else HTTP."""
+        if self.ingress is None:
+            return
+        bound = self.ingress.bound()
+        for service in self.services:
+            ingress, arrivals = service.config.ingress, service.config.arrivals
+            if ingress is None or arrivals is None:
+                continue
+            folder = self.run_dir.path / "client" / service.name
+            folder.mkdir(parents=True, exist_ok=True)
+            schedule = folder / "arrivals.yaml"
+            schedule.write_text(yaml.safe_dump(arrivals.model_dump(mode="json")), encoding="utf-8")
+            protocol = "grpc" if "grpc" in bound else "http"
+            duration_s = self.config.duration_s if self.config.duration_s is not None else 10 * 365 * 86400.0
+            command = [
+                sys.executable, "-m", "cotrain", "load", f"{protocol}://{bound[protocol]}",
+                "--model", service.name, "--arrivals", str(schedule), "--duration", f"{duration_s:g}",
+                "--out", str(folder), "--wait-ready-s", "60",
+                "--timeout-s", f"{max(10.0, 4 * service.config.slo_ms / 1000):g}",
+            ]  # fmt: skip
+            if ingress.token_file is not None:
+                command += ["--token-file", ingress.token_file]
+            log = (folder / "client.log").open("w", encoding="utf-8")
+            self._clients[service.name] = subprocess.Popen(
+                command, stdout=log, stderr=log, text=True, start_new_session=True
+            )
+            self.event(
+                "client_started", service=service.name, pid=self._clients[service.name].pid, url=command[4]
+            )
+
+    def _stop_clients(self, timeout_s: float) -> None:
+        """SIGTERM: each client stops sending and waits for its outstanding answers."""
+        for proc in self._clients.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self._clients.items():
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.event("client_stopped", service=name, exit_code=proc.returncode)
+        self._clients = {}
 
     # --- supervision ---------------------------------------------------------------------------
 
@@ -1096,6 +1149,9 @@ class Runtime:
         """Kill what is still running, and account for the requests a killed service held."""
         self._restoring = True  # from here on signals are noted, never interrupt the restore
         self.status = "interrupted"
+        for proc in self._clients.values():
+            if proc.poll() is None:
+                proc.kill()
         if self.ingress is not None:
             self.ingress.close_admission()
         stop_s = self._stop_s if self._stop_s is not None else 0.0
@@ -1132,6 +1188,7 @@ class Runtime:
             self.event("run_stopped", status=status)
             if self.metrics is not None:
                 self.metrics.stopped()
+        self._stop_clients(timeout_s=60.0)
         if self.ingress is not None:
             self.ingress.close_admission()  # new clients get 503; accepted requests drain
         drain_s = max((s.config.drain_timeout_s for s in self.services), default=0.0)

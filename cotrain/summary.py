@@ -8,6 +8,7 @@ tests check that recomputation matches what the run wrote. Percentiles use numpy
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -162,6 +163,12 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
         elif entry["kind"] == "federated":
             entry.update(federated_summary(read_csv_rows(run.path / f"federated-{name}.csv")))
         summary["training"][name] = entry
+    clients = {}
+    for client in sorted((run.path / "client").glob("*/summary.json")):
+        with contextlib.suppress(OSError, ValueError):
+            clients[client.parent.name] = json.loads(client.read_text(encoding="utf-8"))
+    if clients:  # a built-in `cotrain load` sent the arrivals through the front end
+        summary["clients"] = clients
     summary["restarts"] = worker_restarts(run)
     server_rounds = read_csv_rows(run.path / "fl" / "rounds.csv")
     if server_rounds:

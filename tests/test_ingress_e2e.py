@@ -32,6 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from cotrain.cli import main
 from cotrain.records import read_csv_rows, read_jsonl
 from tests.conftest import REPO, TINY
 from tests.test_e2e import COTRAIN
@@ -280,6 +281,7 @@ def test_every_listener_is_on_loopback(run: Run) -> None:
         for c in p.net_connections(kind="inet")
         if c.status == psutil.CONN_LISTEN
     ]
+
     def loopback(ip: str) -> bool:  # gRPC may listen on an IPv6 socket with an IPv4-mapped address
         address = ipaddress.ip_address(ip)
         mapped = getattr(address, "ipv4_mapped", None)
@@ -313,23 +315,24 @@ def test_zz_at_the_end_every_request_has_one_row_that_matches_its_answer(run: Ru
     assert "ingress_listening" in events and "platform_restored" in events
 
 
-def test_a_non_loopback_address_without_tls_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_a_non_loopback_address_without_tls_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = yaml.safe_load(ingress_config(tmp_path).read_text())
     for service in data["workloads"]["services"]:
         service["ingress"]["http"] = "0.0.0.0:0"
     path = tmp_path / "open.yaml"
     path.write_text(yaml.safe_dump(data))
-    result = subprocess.run(
-        [*COTRAIN, "validate", str(path)], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
-    assert result.returncode == 2
+    assert main(["validate", str(path)]) == 2
     assert (
         "0.0.0.0:0 is not a loopback address: give ingress.tls (cert and key) or set ingress.insecure: true"
-        in result.stderr
+        in capsys.readouterr().err
     )
 
 
-def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_a_taken_port_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -339,7 +342,5 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
             service["ingress"]["grpc"] = f"127.0.0.1:{port}"
         path = tmp_path / "taken.yaml"
         path.write_text(yaml.safe_dump(data))
-        result = subprocess.run(
-            [*COTRAIN, "validate", str(path)], capture_output=True, text=True, cwd=REPO, timeout=120
-        )
-    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        assert main(["validate", str(path)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

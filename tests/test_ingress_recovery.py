@@ -2,7 +2,7 @@
 exactly one answer, and the client's counts equal the server's records, status by status.
 
 The client is `cotrain load` in its own process (tritonclient underneath), so this is what an
-outside client sees. The default suite runs 12 s at 50 req/s; the slow ones are the full 60 s
+outside client sees. The default suite runs 8 s at 50 req/s; the slow ones are the full 60 s
 and the warm standby with `retry_on_restart`.
 """
 
@@ -123,7 +123,7 @@ def _check(result: dict[str, Any]) -> tuple[Counter[str], Counter[str]]:
 
 
 def test_a_killed_worker_under_load_leaves_client_and_server_counts_equal(tmp_path: Path) -> None:
-    result = _load_and_kill(tmp_path, _config(tmp_path), duration_s=12, rate_per_s=50)
+    result = _load_and_kill(tmp_path, _config(tmp_path), duration_s=8, rate_per_s=50)
     _check(result)
     reasons = Counter(
         r["reason"] for r in read_csv_rows(result["out"] / "requests.csv") if r["status"] == "503"

@@ -37,16 +37,26 @@ class StubWorker:
     """Answers NetRequests like a worker: logits = mean of each image, per class index."""
 
     def __init__(self, dispatcher: ServiceDispatcher) -> None:
-        import multiprocessing as mp
+        from multiprocessing.connection import Connection
 
-        self.front, self.back = mp.Pipe()
+        front, back = socket.socketpair()
+        self.front = front
+        self.back = Connection(back.detach())  # the worker's end, as NetLink holds it
         self.fail = False
         self.open = threading.Event()  # cleared: results are held back until it is set again
         self.open.set()
         self.received = 0
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
-        dispatcher.attach(self.front)
+        self._dispatcher = dispatcher
+
+    def attach(self) -> None:
+        """Connect to the dispatcher, as a worker does once the front end's loop runs."""
+        self._dispatcher.attach(self.front)
+        deadline = time.monotonic() + 10
+        while not self._dispatcher.ready:
+            assert time.monotonic() < deadline, "the dispatcher never took the stand-in's socket"
+            time.sleep(0.005)  # the loop takes the socket on its own thread
 
     def _loop(self) -> None:
         while True:
@@ -99,6 +109,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Frontend, ServiceDispatcher, StubWo
         token=TOKEN,
     )
     frontend.start()
+    worker.attach()
     yield frontend, dispatcher, worker, csv
     frontend.stop()
     dispatcher.close()

@@ -106,6 +106,7 @@ def _kill(out: Path, worker: str) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_killed_workers_are_restarted_and_every_request_is_accounted(
     tmp_path: Path, tiny: dict[str, Any]
 ) -> None:

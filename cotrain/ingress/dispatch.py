@@ -1,29 +1,40 @@
 """One service's side of the front end: every client request's single outcome, answer and record.
 
-The dispatcher lives in the runtime's process. It gives each request an id, its arrival stamp and
-a pending entry, sends it to the service's worker (cotrain/ingress/wire.py), and completes the
-entry when the worker's result comes back: the client's answer (a `Reply`) and one row in the
-service's requests.csv, written here and nowhere else. Because it, not the worker, owns the
-entries, a worker that dies cannot take a request with it: the dispatcher sees the connection
-close and answers everything the worker held at once (503, recorded `failed`), or, with
-`retry_on_restart`, sends it to the replacement while its SLO budget lasts.
+The dispatcher lives in the runtime's process, on the front end's event loop. It gives each
+request an id, its arrival stamp and a pending entry, writes it to the service's worker
+(cotrain/ingress/wire.py), and completes the entry when the worker's result comes back: the
+client's answer (a `Reply`) and one row in the service's requests.csv, written here and nowhere
+else. Because it, not the worker, owns the entries, a worker that dies cannot take a request with
+it: the dispatcher sees the connection close and answers everything the worker held at once
+(503, recorded `failed`), or, with `retry_on_restart`, sends it to the replacement while its SLO
+budget lasts.
+
+Why on the loop, with the worker's socket as an asyncio transport: a request then costs no thread
+hand-off on this side at all. The HTTP or gRPC handler writes the request to the transport, and
+the result arrives in the same loop that answers the client; the only hand-offs left are the
+worker's own (docs/benchmarks.md has the measurement that chose this over sender and reader
+threads). The worker keeps `multiprocessing.connection` framing: a 4-byte big-endian length,
+then a pickle.
 
 Statuses: served 200; queue full 429; shed for overload (waited past the SLO, the in-flight
 limit, stopping) 503; both with Retry-After; the model failed 500; the worker died or the
-service is restarting 503. A request the protocol refuses before it reaches a service (bad
+service is restarting 503. A request the protocol refuses before it reaches a service (a bad
 tensor) is recorded here too, `failed` with its 4xx status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
-import queue
+import pickle
+import socket
+import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,11 +46,13 @@ from cotrain.records import REQUEST_COLUMNS, CsvAppender, fmt_s
 
 INGRESS_REQUEST_COLUMNS = (*REQUEST_COLUMNS, "status", "protocol")
 RETRY_AFTER_S = 1.0
+_HEADER = struct.Struct("!i")
 
 WORKER_DIED = "worker died"
 RESTARTING = "service restarting"
 STOPPING = "server shutting down"
 FRONT_FULL = "front end full"
+NOT_READY = "service not ready"
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,7 @@ class Reply:
 @dataclass
 class _Pending:
     request: NetRequest
-    future: Future[Reply]
+    future: asyncio.Future[Reply]
     protocol: str
 
 
@@ -73,6 +86,40 @@ def status_of(outcome: str, reason: str) -> int:
     if reason in (WORKER_DIED, RESTARTING):
         return 503
     return 500
+
+
+def frame(obj: object) -> bytes:
+    """`multiprocessing.connection.Connection.send`'s framing, so the worker reads it with recv()."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+class _WorkerLink(asyncio.Protocol):
+    """The worker's socket as seen from the loop: frames of result lists in, request lists out."""
+
+    def __init__(self, dispatcher: ServiceDispatcher, generation: int) -> None:
+        self.dispatcher = dispatcher
+        self.generation = generation
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio subclass
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer)
+            if len(buffer) < _HEADER.size + size:
+                return
+            payload = bytes(buffer[_HEADER.size : _HEADER.size + size])
+            del buffer[: _HEADER.size + size]
+            for result in pickle.loads(payload):
+                self.dispatcher._complete(result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dispatcher._lost_link(self)
 
 
 class ServiceDispatcher:
@@ -96,170 +143,173 @@ class ServiceDispatcher:
         self.clock = clock or MonotonicClock()
         self._on_reply = on_reply
         self._writer = CsvAppender(requests_csv, INGRESS_REQUEST_COLUMNS)
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when nothing is pending
-        self._send_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # rows come from the loop and from refusals elsewhere
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 0
         self._pending: dict[int, _Pending] = {}
         self._held: list[int] = []  # ids waiting for a replacement worker (retry_on_restart)
-        self._conn: Any = None
-        self._admitting = False
+        self._link: _WorkerLink | None = None
         self._closed_reason = ""
-        self.generation = 0  # bumped at every attach; a late reader of an old connection is ignored
-        # One thread writes to the worker, so no caller (an event loop among them) ever blocks on
-        # a full socket, and requests that queue up meanwhile go out together in one message.
-        self._outbox: queue.SimpleQueue[NetRequest | None] = queue.SimpleQueue()
-        self._sender = threading.Thread(target=self._send_loop, name=f"ingress-send-{spec.name}", daemon=True)
-        self._sender.start()
+        self.generation = 0  # bumped at every attach; the link of an older worker is ignored
+        self._idle = threading.Event()  # set while nothing is pending (read by the runtime's thread)
+        self._idle.set()
 
-    # --- the worker's connection ------------------------------------------------------------------
+    # --- the worker's connection (loop side) ------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        with self._lock:
-            return self._conn is not None and self._admitting
+        link = self._link
+        return link is not None and link.transport is not None and not self._closed_reason
 
-    def attach(self, conn: Any) -> None:
-        """A (new) worker process connected: send it what was held for it, then read its results."""
-        with self._lock:
-            self.generation += 1
-            generation = self.generation
-            self._conn = conn
-            self._admitting = not self._closed_reason
-            held, self._held = self._held, []
-            now_ns = self.clock.now_ns()
-            budget_ns = round(self.slo_ms * NS_PER_MS)
-            resend = [
-                self._pending[i].request
-                for i in held
-                if now_ns - self._pending[i].request.arrival_ns < budget_ns
-            ]
-            expired = [i for i in held if now_ns - self._pending[i].request.arrival_ns >= budget_ns]
-        for request_id in expired:
-            self._fail(request_id, WORKER_DIED)
+    def attach(self, sock: socket.socket) -> None:
+        """A (new) worker connected; from any thread. Its socket joins the loop."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            sock.close()
+            return
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._attach(sock)))
+
+    async def _attach(self, sock: socket.socket) -> None:
+        assert self.loop is not None
+        self.generation += 1
+        generation = self.generation
+        old = self._link
+        try:
+            _, link = await self.loop.connect_accepted_socket(lambda: _WorkerLink(self, generation), sock)
+        except OSError:
+            sock.close()
+            return
+        if generation != self.generation:  # a newer worker connected meanwhile
+            if link.transport is not None:
+                link.transport.close()
+            return
+        self._link = link
+        if old is not None and old.transport is not None:
+            old.transport.close()
+        held, self._held = self._held, []
+        now_ns = self.clock.now_ns()
+        budget_ns = round(self.slo_ms * NS_PER_MS)
+        resend = []
+        for request_id in held:
+            pending = self._pending.get(request_id)
+            if pending is None:
+                continue
+            if self._closed_reason or now_ns - pending.request.arrival_ns >= budget_ns:
+                self._fail(request_id, self._closed_reason or WORKER_DIED)
+            else:
+                resend.append(pending.request)
         if resend:
-            self._send(resend)
-        threading.Thread(
-            target=self._read, args=(conn, generation), name=f"ingress-{self.spec.name}", daemon=True
-        ).start()
+            self._write(resend)
 
-    def detach(self, reason: str = WORKER_DIED) -> None:
-        """The worker is gone: answer what it held (or hold it for the next one)."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-            self.generation += 1
-            waiting = list(self._pending)
-            if self.retry_on_restart and not self._closed_reason:
-                self._held = sorted(set(self._held) | set(waiting))
-                waiting = []
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                conn.close()
+    def _lost_link(self, link: _WorkerLink) -> None:
+        if link is self._link:
+            self._detach_in_loop(WORKER_DIED)
+
+    def _detach_in_loop(self, reason: str) -> None:
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None:
+            link.transport.close()
+        waiting = list(self._pending)
+        if self.retry_on_restart and not self._closed_reason:
+            self._held = sorted(set(self._held) | set(waiting))
+            return
         for request_id in waiting:
             self._fail(request_id, reason)
 
-    def _read(self, conn: Any, generation: int) -> None:
-        while True:
-            try:
-                results: list[NetResult] = conn.recv()
-            except (EOFError, OSError):
-                break
-            for result in results:
-                self._complete(result)
-        with self._lock:
-            current = generation == self.generation
-        if current:
-            self.detach(WORKER_DIED)
+    def detach(self, reason: str = WORKER_DIED) -> None:
+        """The worker is gone (the runtime saw it die); from any thread."""
+        self._in_loop(lambda: self._detach_in_loop(reason))
 
-    def _send(self, requests: list[NetRequest]) -> None:
-        for request in requests:
-            self._outbox.put(request)
-
-    def _send_loop(self) -> None:
-        while True:
-            first = self._outbox.get()
-            if first is None:
+    def _in_loop(self, call: Callable[[], None]) -> None:
+        """Run `call` on the loop and wait for it; inline when the loop is not running."""
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            call()
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                call()
                 return
-            batch = [first]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < 256:
-                    item = self._outbox.get_nowait()
-                    if item is None:
-                        self._outbox.put(None)
-                        break
-                    batch.append(item)
-            with self._lock:
-                conn = self._conn
+        except RuntimeError:
+            pass
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
             try:
-                if conn is None:
-                    raise BrokenPipeError
-                with self._send_lock:
-                    conn.send(batch)
-            except (BrokenPipeError, EOFError, OSError):
-                for request in batch:
-                    self._lost(request.request_id)
+                call()
+                done.set_result(None)
+            except BaseException as exc:  # surfaced in the caller's thread
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            done.result(timeout=30)
+
+    def _write(self, requests: list[NetRequest]) -> None:
+        link = self._link
+        if link is None or link.transport is None or link.transport.is_closing():
+            for request in requests:
+                self._lost(request.request_id)
+            return
+        link.transport.write(frame(requests))
 
     def _lost(self, request_id: int) -> None:
-        """A request that could not be handed to a worker: held for the next, or failed now."""
-        with self._lock:
-            hold = self.retry_on_restart and not self._closed_reason and request_id in self._pending
-            if hold:
-                self._held.append(request_id)
-        if not hold:
+        """A request no worker can take now: held for the next one, or failed."""
+        if self.retry_on_restart and not self._closed_reason and request_id in self._pending:
+            self._held.append(request_id)
+        else:
             self._fail(request_id, RESTARTING)
 
-    # --- requests ---------------------------------------------------------------------------------
+    # --- requests (loop side) ---------------------------------------------------------------------
 
-    def submit(self, request: InferInput, protocol: str) -> Future[Reply]:
-        """Accept a decoded request; the future completes with its one reply (never raises)."""
-        future: Future[Reply] = Future()
-        arrival_ns = self.clock.now_ns()
-        with self._lock:
-            request_id = self._next_id
-            self._next_id += 1
-            net = NetRequest(
-                request_id,
-                arrival_ns,
-                "FP32" if request.images.dtype.kind == "f" else "UINT8",
-                tuple(int(d) for d in request.images.shape),
-                np.ascontiguousarray(request.images).tobytes(),
-            )
-            refusal = ""
-            if self._closed_reason:
-                refusal = self._closed_reason
-            elif len(self._pending) >= self.max_in_flight:
-                refusal = FRONT_FULL
-            elif self._conn is None and not (self.retry_on_restart and self.generation > 0):
-                refusal = RESTARTING if self.generation > 0 else "service not ready"
-            if not refusal:
-                self._pending[request_id] = _Pending(net, future, protocol)
-                if self._conn is None:
-                    self._held.append(request_id)  # retry_on_restart: the replacement gets it
-                    return future
+    def submit(self, request: InferInput, protocol: str) -> asyncio.Future[Reply]:
+        """Accept a decoded request, in the loop; the future completes with its one reply."""
+        assert self.loop is not None
+        future: asyncio.Future[Reply] = self.loop.create_future()
+        request_id = self._next_id
+        self._next_id += 1
+        images = request.images
+        net = NetRequest(
+            request_id,
+            self.clock.now_ns(),
+            "FP32" if images.dtype.kind == "f" else "UINT8",
+            tuple(int(d) for d in images.shape),
+            images.tobytes() if images.flags.c_contiguous else np.ascontiguousarray(images).tobytes(),
+        )
+        refusal = ""
+        if self._closed_reason:
+            refusal = self._closed_reason
+        elif len(self._pending) >= self.max_in_flight:
+            refusal = FRONT_FULL
+        elif self._link is None and not (self.retry_on_restart and self.generation > 0):
+            refusal = RESTARTING if self.generation > 0 else NOT_READY
         if refusal:
             outcome = "failed" if refusal == RESTARTING else "shed"
             reply = Reply(503, outcome, refusal, retry_after_s=RETRY_AFTER_S)
-            self._finish(net, protocol, reply, None, None, None)
+            self._finish(net, protocol, reply, None, None)
             future.set_result(reply)
             return future
-        self._send([net])
+        self._pending[request_id] = _Pending(net, future, protocol)
+        self._idle.clear()
+        if self._link is None:
+            self._held.append(request_id)  # retry_on_restart: the replacement gets it
+        else:
+            self._write([net])
         return future
 
     def reject(self, error: ProtocolError, protocol: str) -> None:
         """A request for this service that the protocol refused: one `failed` row with its status."""
-        with self._lock:
-            request_id = self._next_id
-            self._next_id += 1
+        request_id = self._next_id
+        self._next_id += 1
         net = NetRequest(request_id, self.clock.now_ns(), "", (), b"")
-        self._finish(net, protocol, Reply(error.status, "failed", error.message[:200]), None, None, None)
+        self._finish(net, protocol, Reply(error.status, "failed", error.message[:200]), None, None)
 
     def _complete(self, result: NetResult) -> None:
-        with self._lock:
-            pending = self._pending.pop(result.request_id, None)
-            if not self._pending:
-                self._idle.notify_all()
+        pending = self._pending.pop(result.request_id, None)
         if pending is None:
             return  # already answered (failed when the worker was thought dead)
+        if not self._pending:
+            self._idle.set()
         status = status_of(result.outcome, result.reason)
         served = None
         logits = None
@@ -275,28 +325,23 @@ class ServiceDispatcher:
             )
         retry = RETRY_AFTER_S if status in (429, 503) else None
         reply = Reply(status, result.outcome, result.reason, logits, served, retry)
-        self._finish(pending.request, pending.protocol, reply, result, result.start_ns, self.clock.now_ns())
-        pending.future.set_result(reply)
+        self._finish(pending.request, pending.protocol, reply, result, self.clock.now_ns())
+        if not pending.future.done():
+            pending.future.set_result(reply)
 
     def _fail(self, request_id: int, reason: str) -> None:
-        with self._lock:
-            pending = self._pending.pop(request_id, None)
-            if not self._pending:
-                self._idle.notify_all()
+        pending = self._pending.pop(request_id, None)
         if pending is None:
             return
+        if not self._pending:
+            self._idle.set()
         reply = Reply(503, "failed", reason, retry_after_s=RETRY_AFTER_S)
-        self._finish(pending.request, pending.protocol, reply, None, None, None)
-        pending.future.set_result(reply)
+        self._finish(pending.request, pending.protocol, reply, None, None)
+        if not pending.future.done():
+            pending.future.set_result(reply)
 
     def _finish(
-        self,
-        request: NetRequest,
-        protocol: str,
-        reply: Reply,
-        result: NetResult | None,
-        start_ns: int | None,
-        end_ns: int | None,
+        self, request: NetRequest, protocol: str, reply: Reply, result: NetResult | None, end_ns: int | None
     ) -> None:
         """The request's one row. Latency is to the moment the front end has the answer, the
         closest this process gets to what the client sees."""
@@ -306,7 +351,7 @@ class ServiceDispatcher:
         row = (
             request.request_id,
             fmt_s(request.arrival_ns),
-            fmt_s(start_ns),
+            fmt_s(result.start_ns if result is not None else None),
             fmt_s(end_ns if reply.status == 200 else None),
             "" if latency_ms is None else f"{latency_ms:.3f}",
             "" if result is None or result.batch_size is None else result.batch_size,
@@ -317,38 +362,43 @@ class ServiceDispatcher:
             reply.status,
             protocol,
         )
-        self._writer.write_rows([row])
+        with self._write_lock:
+            self._writer.write_rows([row])
         if self._on_reply is not None:
             self._on_reply(self.spec.name, reply, None if latency_ms is None else latency_ms / 1000.0)
 
-    # --- stopping ---------------------------------------------------------------------------------
+    # --- stopping (from the runtime's thread) -----------------------------------------------------
 
     def close_admission(self, reason: str = STOPPING) -> None:
         """From now on new requests are refused (503); those accepted still complete."""
-        with self._lock:
+
+        def close() -> None:
             self._closed_reason = reason
-            self._admitting = False
             held, self._held = self._held, []
-        for request_id in held:
-            self._fail(request_id, reason)
+            for request_id in held:
+                self._fail(request_id, reason)
+
+        self._in_loop(close)
 
     def in_flight(self) -> int:
-        with self._lock:
-            return len(self._pending)
+        return len(self._pending)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Until every accepted request is answered, or `timeout_s`; True if none is left."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._pending, timeout=timeout_s)
+        return self._idle.wait(timeout_s)
 
     def close(self, reason: str = "stopped") -> None:
-        """Answer whatever is still pending (503, failed) and close the records."""
-        self.close_admission(reason)
-        with self._lock:
-            waiting = list(self._pending)
-        for request_id in waiting:
-            self._fail(request_id, reason)
-        self.detach(reason)
-        self._outbox.put(None)
-        self._sender.join(timeout=5)
-        self._writer.close()
+        """Answer whatever is still pending (503, failed), drop the worker's link, close the records."""
+
+        def finish() -> None:
+            self._closed_reason = self._closed_reason or reason
+            for request_id in list(self._pending):
+                self._fail(request_id, reason)
+            self._held = []
+            link, self._link = self._link, None
+            if link is not None and link.transport is not None:
+                link.transport.close()
+
+        self._in_loop(finish)
+        with self._write_lock:
+            self._writer.close()

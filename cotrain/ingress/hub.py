@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Listener
@@ -142,7 +143,10 @@ class IngressHub:
             if dispatcher is None:
                 conn.close()
                 continue
-            dispatcher.attach(conn)
+            # the handshake done, the socket itself goes to the dispatcher's event loop
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
+            conn.close()
+            dispatcher.attach(sock)
 
     def worker_died(self, worker: str) -> None:
         dispatcher = self.by_worker.get(worker)

@@ -119,6 +119,8 @@ class Frontend:
 
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
+        for dispatcher in self.dispatchers.values():
+            dispatcher.loop = asyncio.get_running_loop()
         try:
             if self.grpc_address is not None:
                 await self._start_grpc(*self.grpc_address)
@@ -262,7 +264,7 @@ class Frontend:
         except ProtocolError as exc:
             dispatcher.reject(exc, "http")
             raise
-        reply: Reply = await asyncio.wrap_future(dispatcher.submit(request, "http"))
+        reply: Reply = await dispatcher.submit(request, "http")
         if reply.status != 200:
             raise reply.error()
         assert reply.logits is not None and reply.served is not None
@@ -379,7 +381,7 @@ class _GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: igno
         except ProtocolError as exc:
             dispatcher.reject(exc, "grpc")
             await _abort(context, exc)
-        reply: Reply = await asyncio.wrap_future(dispatcher.submit(decoded, "grpc"))
+        reply: Reply = await dispatcher.submit(decoded, "grpc")
         if reply.status != 200:
             await _abort(context, reply.error())
         assert reply.logits is not None and reply.served is not None
