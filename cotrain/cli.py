@@ -137,6 +137,19 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _raw_output(path: str) -> dict[str, Any]:
+    """The `output` section as written (no defaults), or {} when it cannot be read: `_load`
+    reports the file's problems."""
+    from cotrain.config import ConfigError, read_yaml_file
+
+    try:
+        data = read_yaml_file(Path(path)).data
+    except ConfigError:
+        return {}
+    output = data.get("output") if isinstance(data, dict) else None
+    return output if isinstance(output, dict) else {}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`cotrain run` that needs no duration: it serves until SIGINT or SIGTERM."""
     return cmd_run(args, serve=True)
@@ -148,6 +161,11 @@ def cmd_run(args: argparse.Namespace, *, serve: bool = False) -> int:
         overrides["duration_s"] = args.duration
     if args.out is not None:
         overrides["output"] = {"dir": args.out}
+    if serve:  # days of service: a summary every minute, records rotated (unless the file says)
+        raw = _raw_output(args.config)
+        for key, value in (("summary_period_s", 60.0), ("rotate_mb", 64.0)):
+            if key not in raw:
+                overrides.setdefault("output", {})[key] = value
     loaded = _load(args.config, overrides)
     if loaded is None:
         return EXIT_BAD_INPUT

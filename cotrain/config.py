@@ -241,7 +241,10 @@ class IngressLimitsConfig(StrictModel):
         description="requests accepted and not yet answered, per service; beyond it requests are shed (503)",
     )
     max_connections: int = Field(
-        256, ge=1, le=100_000, description="open HTTP connections; more wait in the listen backlog"
+        4096,
+        ge=1,
+        le=100_000,
+        description="concurrent HTTP connections; beyond it new ones get 503 (idle ones close after 5 s)",
     )
     max_concurrent_streams: int = Field(
         256, ge=1, le=100_000, description="concurrent gRPC calls (streams) per connection"
@@ -775,7 +778,26 @@ PlatformConfig = Annotated[
 
 
 class OutputConfig(StrictModel):
+    """Where the records go, and how a long run keeps them bounded."""
+
     dir: str | None = Field(None, description="run directory; default runs/<name>-<timestamp>")
+    summary_period_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="rewrite summary.json from running aggregates this often (a crash loses at most one "
+        "period); default: only at the end for cotrain run, every 60 s for cotrain serve",
+    )
+    rotate_mb: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="rotate a CSV record file past this size (requests, training steps, telemetry); "
+        "default: never for cotrain run, 64 for cotrain serve",
+    )
+    keep_rotated: int = Field(
+        4, ge=1, le=1000, description="rotated segments kept per file; older are deleted"
+    )
 
 
 class SupervisionConfig(StrictModel):

@@ -44,15 +44,38 @@ TRAIN_COLUMNS = (
 )
 
 
+ROTATE_ENV = "COTRAIN_RECORDS_ROTATE_MB"
+KEEP_ENV = "COTRAIN_RECORDS_KEEP"
+"""Record rotation (`output.rotate_mb`, `output.keep_rotated`) reaches every process that writes
+records through these two variables, which the runtime sets for itself and its workers: one
+setting, read in one place, whichever process writes the file."""
+
+
+def rotation_from_env() -> tuple[int | None, int]:
+    """(bytes after which a record file is rotated, None for never; rotated files kept)."""
+    mb = os.environ.get(ROTATE_ENV)
+    keep = int(os.environ.get(KEEP_ENV) or 4)
+    return (int(float(mb) * 1024 * 1024) if mb else None), max(1, keep)
+
+
 class CsvAppender:
-    """A thread-safe CSV appender that writes its header once and flushes on demand."""
+    """A thread-safe CSV appender that writes its header once and flushes on demand.
+
+    With rotation on, a file grown past the limit becomes `<name>.1` (older ones shift to `.2`,
+    ... up to the number kept; the oldest is deleted and counted in `<name>.dropped`) and a new
+    file starts with its header, so a run of days keeps bounded records.
+    """
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         self.columns = tuple(columns)
-        self._file = path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._file)
         self._lock = threading.Lock()
+        self._rotate_bytes, self._keep = rotation_from_env()
+        self._open()
+
+    def _open(self) -> None:
+        self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
         # Two processes may open one file at once (a service and its warm standby): the lock
         # makes "empty, so write the header" atomic, so the header is written exactly once.
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
@@ -68,6 +91,23 @@ class CsvAppender:
         with self._lock:
             self._writer.writerows(rows)
             self._file.flush()
+            if self._rotate_bytes is not None and self._file.tell() > self._rotate_bytes:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        oldest = self.path.with_name(f"{self.path.name}.{self._keep}")
+        if oldest.exists():
+            oldest.unlink()
+            dropped = self.path.with_name(f"{self.path.name}.dropped")
+            count = int(dropped.read_text() or 0) if dropped.exists() else 0
+            dropped.write_text(str(count + 1))
+        for k in range(self._keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{k}")
+            if older.exists():
+                older.rename(self.path.with_name(f"{self.path.name}.{k + 1}"))
+        self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+        self._open()
 
     def close(self) -> None:
         with self._lock:
@@ -98,6 +138,23 @@ class JsonlAppender:
 def fmt_s(ns: int | None) -> str:
     """Monotonic ns -> seconds with µs resolution; empty when the stage was not reached."""
     return "" if ns is None else f"{ns / 1e9:.6f}"
+
+
+def read_segments(path: Path) -> list[dict[str, str]]:
+    """The rows of a record file and of its rotated segments, oldest first."""
+    rows: list[dict[str, str]] = []
+    rotated = sorted(
+        (p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit()),
+        key=lambda p: -int(p.suffix[1:]),
+    )
+    for segment in [*rotated, path]:
+        rows += read_csv_rows(segment)
+    return rows
+
+
+def rotated_away(run_dir: Path) -> bool:
+    """Whether any record segment was deleted (the records no longer hold the whole run)."""
+    return any(run_dir.rglob("*.dropped"))
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:

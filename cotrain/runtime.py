@@ -60,8 +60,9 @@ from cotrain.messages import (
 )
 from cotrain.observe import build_observation, inference_window
 from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, TelemetrySample, by_capability
-from cotrain.records import CsvAppender, JsonlAppender, write_json_atomic
+from cotrain.records import KEEP_ENV, ROTATE_ENV, CsvAppender, JsonlAppender, rotated_away, write_json_atomic
 from cotrain.rundir import RunDir
+from cotrain.running_summary import RunningSummary
 from cotrain.summary import STANDBY, compute_summary
 from cotrain.supervisor import Supervisor, WorkerHandle, restart_delay_s
 
@@ -280,6 +281,16 @@ class Runtime:
         self.ingress: Any = None  # the network front end (cotrain/ingress/hub.py), with ingress
         self.metrics: Any = None  # the Prometheus page (cotrain/metrics_feed.py), with ingress.metrics
         self._clients: dict[str, subprocess.Popen[str]] = {}  # built-in load clients, by service
+        self.running = RunningSummary(
+            {s.name: s.config.slo_ms for s in self.services},
+            {j.name: j.kind for j in config.workloads.training},
+        )
+        self._next_summary_ns: int | None = None
+        self._saved_env = {k: os.environ.get(k) for k in (ROTATE_ENV, KEEP_ENV)}
+        output = config.output
+        if output.rotate_mb is not None:  # every process writing records reads these (records.py)
+            os.environ[ROTATE_ENV] = f"{output.rotate_mb:g}"
+            os.environ[KEEP_ENV] = str(output.keep_rotated)
 
     # --- records -------------------------------------------------------------------------------
 
@@ -332,12 +343,19 @@ class Runtime:
         if isinstance(report, InferenceStats):
             if self.metrics is not None:
                 self.metrics.stats(worker, report)
+            self._feed_running(worker, report)
             if worker == self.primary:  # the others are governed by priorities, not the controller
                 self._inference_stats.append(report)
             if worker in self._queues:
                 self._service_stats.setdefault(worker, []).append(report)
         elif isinstance(report, TrainingStats):
             self._training_stats[worker.removeprefix("train:")].append(report)
+            self.running.training(
+                worker.removeprefix("train:"),
+                steps=report.steps,
+                samples=report.samples,
+                loss=report.last_loss,
+            )
         elif isinstance(report, Applied):
             self.event(
                 "knob_applied",
@@ -599,6 +617,7 @@ class Runtime:
         self._training_stats = {job: [] for job in self._training_stats}
         if self.metrics is not None:
             self.metrics.tick(window_s, sample, obs.training, self.knobs, self.primary)
+        self._maybe_write_summary()
         action, state = self.policy.decide(obs, state)
         if not action.is_empty():
             self.actuate(action)
@@ -869,7 +888,16 @@ class Runtime:
             if self.metrics is not None:
                 self.metrics.close()
             self.supervisor.close()
-        summary = compute_summary(run_dir.path)
+            for key, value in self._saved_env.items():  # rotation was this run's, not the process's
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        if rotated_away(run_dir.path):  # the records no longer hold the whole run; the aggregates do
+            summary = self._running_summary(status=self.status)
+            summary["partial"] = False
+        else:
+            summary = compute_summary(run_dir.path)
         write_json_atomic(run_dir.summary, summary)
         if error is not None:
             raise RunFailed(str(error)) from error
@@ -905,16 +933,14 @@ class Runtime:
                 )
             except OSError as exc:
                 raise RunFailed(f"ingress: cannot serve metrics on {ingress.metrics}: {exc}") from exc
-        metrics = self.metrics
         self.ingress = IngressHub(
             self.services,
             self._requests_csv,
+            self.run_dir.path / "ingress-errors.csv",
             self.run_dir.ingress_socket(),
             classes,
             version=_version(),
-            on_reply=None
-            if metrics is None
-            else lambda name, reply, latency_s: metrics.reply(name, reply.outcome, reply.status, latency_s),
+            on_reply=self._on_reply,
             log=self._log,
         )
         try:
@@ -927,6 +953,61 @@ class Runtime:
             self._log(f"  metrics on {metrics_address}/metrics")
         write_json_atomic(self.run_dir.path / "ingress.json", bound)
         self.event("ingress_listening", **bound)
+
+    def _on_reply(self, service: str, reply: Any, latency_s: float | None) -> None:
+        """Every answer the front end gives (from its thread): metrics and the running summary."""
+        if self.metrics is not None:
+            self.metrics.reply(service, reply.outcome, reply.status, latency_s)
+        self.running.reply(service, reply.outcome, None if latency_s is None else latency_s * 1000.0)
+
+    def _feed_running(self, worker: str, report: InferenceStats) -> None:
+        service = next((s for s in self.services if s.worker == worker), None)
+        if service is None:
+            return
+        if service.config.ingress is not None:  # outcomes come from the front end, one by one
+            self.running.batches(service.name, report.batch_sizes)
+            return
+        self.running.window(
+            service.name,
+            served=report.served,
+            failed=report.failed,
+            shed=report.shed,
+            latencies_ms=report.latencies_ms,
+            batch_sizes=report.batch_sizes,
+        )
+
+    def _running_summary(self, status: str | None = None) -> dict[str, Any]:
+        config = self.config
+        run = {"name": config.name, "controller": config.controller.name, "platform": config.platform.kind}
+        elapsed_s = self._elapsed_s() if self._t0_ns is not None else 0.0
+        summary = self.running.summary(run, elapsed_s, dict(self.restarts))
+        if status is not None:
+            summary["run"]["status"] = status
+        if config.workloads.inference is not None:  # one service: the shape compute_summary gives
+            summary["inference"] = summary.pop("services")["inference"]
+            return summary
+        for service in self.services:
+            entry = summary["services"][service.name]
+            entry["priority"] = service.priority
+            entry["min_throughput_per_s"] = getattr(service.config, "min_throughput_per_s", 0.0)
+            entry["floor_met"] = None  # judged from the records; not kept in the aggregates
+        primary = config.workloads.primary_inference()
+        if primary is not None:
+            summary["inference"] = {"service": primary.name, **summary["services"][primary.name]}
+        return summary
+
+    def _maybe_write_summary(self) -> None:
+        """Every `output.summary_period_s`: summary.json from the running aggregates."""
+        period_s = self.config.output.summary_period_s
+        if period_s is None or self._t0_ns is None:
+            return
+        now_ns = self.clock.now_ns()
+        if self._next_summary_ns is None:
+            self._next_summary_ns = self._t0_ns + round(period_s * NS_PER_S)
+        if now_ns < self._next_summary_ns:
+            return
+        self._next_summary_ns = now_ns + round(period_s * NS_PER_S)
+        write_json_atomic(self.run_dir.summary, self._running_summary())
 
     def _start_clients(self) -> None:
         """A service with both ingress and arrivals: a `cotrain load` process sends the arrivals

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cotrain.records import read_csv_rows, read_jsonl
+from cotrain.records import read_csv_rows, read_jsonl, read_segments
 from cotrain.rundir import RunDir
 
 OUTCOMES = ("served", "failed", "shed")
@@ -143,7 +143,7 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
     workloads = config.get("workloads", {})
     if workloads.get("inference"):
         summary["inference"] = inference_summary(
-            read_csv_rows(run.requests_csv),
+            read_segments(run.requests_csv),
             float(workloads["inference"]["slo_ms"]),
             duration_s,
             _variant_accuracies(run.path / "variants.json"),
@@ -157,7 +157,7 @@ def compute_summary(path: str | Path) -> dict[str, Any]:
     for job in workloads.get("training", []):
         name = job["name"]
         entry = {"kind": job.get("kind", "sgd")}
-        entry.update(training_summary(read_csv_rows(run.train_csv(name)), start_s, stop_s))
+        entry.update(training_summary(read_segments(run.train_csv(name)), start_s, stop_s))
         if entry["kind"] == "continual":
             entry.update(continual_summary(read_csv_rows(run.path / f"continual-{name}.csv")))
         elif entry["kind"] == "federated":
@@ -211,7 +211,7 @@ def service_summary(run: RunDir, service: dict[str, Any], duration_s: float | No
     """
     requests_csv = run.service_requests_csv(service["name"])
     entry = inference_summary(
-        read_csv_rows(requests_csv),
+        read_segments(requests_csv),
         float(service["slo_ms"]),
         duration_s,
         _variant_accuracies(requests_csv.parent / "variants.json"),

@@ -313,6 +313,10 @@ def test_zz_at_the_end_every_request_has_one_row_that_matches_its_answer(run: Ru
     )
     events = [e["event"] for e in read_jsonl(run.out / "events.jsonl")]
     assert "ingress_listening" in events and "platform_restored" in events
+    unrouted = read_csv_rows(run.out / "ingress-errors.csv")
+    assert [(r["status"], r["protocol"], r["target"]) for r in unrouted] == [
+        ("404", "http", "/v2/models/nope/infer")
+    ]
 
 
 def test_a_non_loopback_address_without_tls_is_refused_before_anything_starts(

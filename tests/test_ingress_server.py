@@ -103,7 +103,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Frontend, ServiceDispatcher, StubWo
         http=("127.0.0.1", 0),
         grpc=("127.0.0.1", 0),
         limits=Limits(
-            max_request_bytes=64 * 1024, max_connections=2000, max_concurrent_streams=64, body_timeout_s=1.0
+            max_request_bytes=64 * 1024, max_connections=4096, max_concurrent_streams=64, body_timeout_s=1.0
         ),
         version="test",
         token=TOKEN,

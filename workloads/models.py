@@ -13,16 +13,33 @@ import torch
 
 from cotrain.config import ModelConfig
 
+NOOP = "noop"
+"""A model that answers zeros at once: it measures cotrain's own cost per request (`cotrain bench
+overhead --ingress`), as Triton's identity backend does; it cannot be trained."""
+
+
+class NoOpModel(torch.nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], self.num_classes)
+
 
 @cache
 def classification_model_names() -> frozenset[str]:
+    """torchvision's classification models, and `noop`."""
     import torchvision
 
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
+    return frozenset(torchvision.models.list_models(module=torchvision.models)) | {NOOP}
 
 
 def build_model(config: ModelConfig, num_classes: int) -> torch.nn.Module:
     import torchvision
+
+    if config.name == NOOP:
+        return NoOpModel(num_classes)
 
     model: torch.nn.Module = torchvision.models.get_model(config.name, weights=None, num_classes=num_classes)
     if config.weights is not None:

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Listener
 from pathlib import Path
@@ -25,6 +26,10 @@ from cotrain.ingress.dispatch import Reply, ServiceDispatcher
 from cotrain.ingress.protocol import ModelSpec
 from cotrain.ingress.server import Frontend, Limits
 from cotrain.ingress.wire import Hello
+from cotrain.records import CsvAppender, fmt_s
+
+UNROUTED_COLUMNS = ("arrival_s", "protocol", "status", "target", "reason")
+"""ingress-errors.csv: inference requests no service received (unknown model or path, no token)."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -54,6 +59,7 @@ class IngressHub:
         self,
         services: Sequence[ServiceSpec],
         requests_csv: Callable[[str], Path],
+        errors_csv: Path,
         socket_path: Path,
         num_classes: Callable[[ServiceSpec], int],
         *,
@@ -80,6 +86,8 @@ class IngressHub:
                 retry_on_restart=ingress.retry_on_restart,
                 on_reply=on_reply,
             )
+        self._errors = CsvAppender(errors_csv, UNROUTED_COLUMNS)
+        self._errors_lock = threading.Lock()
         token = None
         if ingress.token_file is not None:
             token = Path(ingress.token_file).read_text(encoding="utf-8").strip()
@@ -97,10 +105,16 @@ class IngressHub:
             version=version,
             token=token,
             tls=(ingress.tls.cert, ingress.tls.key) if ingress.tls is not None else None,
+            on_unrouted=self._record_unrouted,
         )
         self._listener: Listener | None = None
         self._closing = False
         self._accepting = threading.Thread(target=self._accept_loop, name="ingress-accept", daemon=True)
+
+    def _record_unrouted(self, status: int, protocol: str, target: str, reason: str) -> None:
+        row = (fmt_s(time.monotonic_ns()), protocol, status, target, reason)
+        with self._errors_lock:
+            self._errors.write_rows([row])
 
     def worker_args(self, worker: str) -> tuple[str, bytes, str] | None:
         """What an inference process of `worker` needs to connect (None for a service without ingress)."""
@@ -174,6 +188,8 @@ class IngressHub:
                 self._listener.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        with self._errors_lock:
+            self._errors.close()
 
     def bound(self) -> dict[str, Any]:
         return {kind: f"{host}:{port}" for kind, (host, port) in self.frontend.bound.items()}

@@ -75,8 +75,10 @@ class Frontend:
         version: str,
         token: str | None = None,
         tls: tuple[str, str] | None = None,
+        on_unrouted: Callable[[int, str, str, str], None] | None = None,
     ) -> None:
         self.dispatchers = dict(dispatchers)
+        self._on_unrouted = on_unrouted
         self.http_address = http
         self.grpc_address = grpc
         self.limits = limits
@@ -192,6 +194,7 @@ class Frontend:
             return
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        routed = False  # once a dispatcher has the request, it records the outcome
         try:
             if path.startswith("/v2/health/"):
                 await self._http_health(path, method, send)
@@ -215,8 +218,11 @@ class Frontend:
                 await _respond(send, 200, json.dumps(dispatcher.spec.metadata()).encode())
                 return
             self._allow(method, "POST")
+            routed = True
             await self._http_infer(dispatcher, headers, receive, send)
         except ProtocolError as exc:
+            if not routed and method == "POST":
+                self._unrouted(exc, "http", path)
             await _respond(send, exc.status, error_json(exc.message), _retry_header(exc.retry_after_s))
 
     async def _http_health(self, path: str, method: str, send: Send) -> None:
@@ -303,6 +309,11 @@ class Frontend:
     def ready(self) -> bool:
         return bool(self.dispatchers) and all(d.ready for d in self.dispatchers.values())
 
+    def _unrouted(self, error: ProtocolError, protocol: str, target: str) -> None:
+        """An inference request no service received (unknown model or path, no token): its row."""
+        if self._on_unrouted is not None:
+            self._on_unrouted(error.status, protocol, target[:200], error.message[:200])
+
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": self.version, "extensions": list(PROTOCOL_EXTENSIONS)}
 
@@ -374,8 +385,13 @@ class _GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: igno
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        await self._guard(context)
-        dispatcher = await self._dispatcher(request.model_name, context)
+        try:
+            self.frontend._check_token(dict(context.invocation_metadata() or ()).get("authorization"))
+            dispatcher = self.frontend._dispatcher(request.model_name)
+        except ProtocolError as exc:
+            self.frontend._unrouted(exc, "grpc", request.model_name)
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
         try:
             decoded = decode_grpc_infer(dispatcher.spec, request)
         except ProtocolError as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -405,6 +406,8 @@ class NetLink:
         self._dataset_kind = dataset_kind
         self._device = device
         self.closed = False
+        # torch.frombuffer warns about read-only bytes on every call; the model never writes its input
+        warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
     @classmethod
     def connect(cls, address: str, authkey: bytes, worker: str, dataset_kind: str, device: str) -> NetLink:
@@ -427,12 +430,11 @@ class NetLink:
                 yield Request(message.request_id, message.arrival_ns, -1, self._tensor(message))
 
     def _tensor(self, message: Any) -> Any:
-        import numpy as np
+        """A view of the received bytes (no copy: the batch is assembled, and copied, once)."""
         import torch
 
-        dtype = np.float32 if message.datatype == "FP32" else np.uint8
-        array = np.frombuffer(message.data, dtype=dtype).reshape(message.shape)
-        images = torch.from_numpy(array.copy())
+        dtype = torch.float32 if message.datatype == "FP32" else torch.uint8
+        images = torch.frombuffer(message.data, dtype=dtype).reshape(message.shape)
         if message.datatype == "UINT8":
             images = _normalise_pixels(images.float() / 255.0, self._dataset_kind)
         return images
@@ -522,7 +524,9 @@ def make_infer(model: Any, pool: Sequence[Any], device: str = "cpu") -> Infer:
     import torch
 
     def infer(batch: Sequence[Request]) -> Sequence[Any]:
-        if all(r.images is None for r in batch):
+        if len(batch) == 1 and batch[0].images is not None:
+            x = batch[0].images
+        elif all(r.images is None for r in batch):
             x = torch.stack([pool[r.sample_index] for r in batch])
         else:
             x = torch.cat(
