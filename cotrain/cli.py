@@ -551,7 +551,12 @@ def _bench_ingress_overhead(args: argparse.Namespace) -> int:
 
     try:
         result = run_ingress_overhead(
-            args.ingress, Path(args.out), requests=args.requests, rate_per_s=args.rate, repeats=args.repeats
+            args.ingress,
+            Path(args.out),
+            requests=args.requests,
+            rate_per_s=args.rate,
+            repeats=args.repeats,
+            max_batch_size=args.max_batch,
         )
     except RuntimeError as exc:
         _err(str(exc))
@@ -840,6 +845,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     overhead.add_argument(
         "--repeats", type=int, default=3, help="with --ingress: alternating runs per server"
+    )
+    overhead.add_argument(
+        "--max-batch",
+        dest="max_batch",
+        type=int,
+        default=1,
+        help="with --ingress: cotrain's batch limit (1: each request alone; more: 1 ms queue delay)",
     )
     scenario = _command(
         bench_sub,

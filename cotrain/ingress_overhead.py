@@ -56,7 +56,9 @@ def _start_echo(protocol: str, log: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split("listening on ")[1].split()[0]
 
 
-def _serve_config(protocol: str, path: Path) -> Path:
+def _serve_config(
+    protocol: str, path: Path, max_batch_size: int = 1, max_queue_delay_ms: float = 0.0
+) -> Path:
     config = {
         "name": "overhead",
         "controller": {"name": "static", "period_s": 1.0},
@@ -70,7 +72,8 @@ def _serve_config(protocol: str, path: Path) -> Path:
                     "image_size": IMAGE_SIZE,
                 },
                 "slo_ms": 1000,
-                "batching": {"max_batch_size": 1, "max_queue_delay_ms": 0},
+                "batching": {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms},
+                "queue_capacity": max(1024, 4 * max_batch_size),
                 "threads": 1,
                 "ingress": {protocol: "127.0.0.1:0"},
             }
@@ -80,8 +83,8 @@ def _serve_config(protocol: str, path: Path) -> Path:
     return path
 
 
-def _start_cotrain(protocol: str, out: Path) -> tuple[subprocess.Popen[str], str]:
-    config = _serve_config(protocol, out / "serve.yaml")
+def _start_cotrain(protocol: str, out: Path, max_batch_size: int = 1) -> tuple[subprocess.Popen[str], str]:
+    config = _serve_config(protocol, out / "serve.yaml", max_batch_size, 1.0 if max_batch_size > 1 else 0.0)
     run_dir = out / "cotrain-run"
     (run_dir / "ingress.json").unlink(missing_ok=True)  # a previous run's addresses are stale
     proc = subprocess.Popen(
@@ -129,11 +132,19 @@ def _load(url: str, rate_per_s: float, requests: int, out: Path) -> dict[str, An
 
 
 def run_ingress_overhead(
-    protocol: str, out: Path, *, requests: int = 2000, rate_per_s: float = 200.0, repeats: int = 3
+    protocol: str,
+    out: Path,
+    *,
+    requests: int = 2000,
+    rate_per_s: float = 200.0,
+    repeats: int = 3,
+    max_batch_size: int = 1,
 ) -> dict[str, Any]:
+    """`max_batch_size` 1 (the latency figure) dispatches each request alone; a larger one, with a
+    1 ms queue delay, lets the batcher amortise the worker's per-batch cost (the throughput figure)."""
     out.mkdir(parents=True, exist_ok=True)
     echo, echo_address = _start_echo(protocol, out / "echo.log")
-    cotrain, cotrain_address = _start_cotrain(protocol, out)
+    cotrain, cotrain_address = _start_cotrain(protocol, out, max_batch_size)
     runs: list[dict[str, Any]] = []
     try:
         for r in range(repeats):
@@ -167,6 +178,7 @@ def run_ingress_overhead(
         "requests_per_run": requests,
         "repeats": repeats,
         "input": f"1x3x{IMAGE_SIZE}x{IMAGE_SIZE} FP32",
+        "max_batch_size": max_batch_size,
         "overhead_ms": {"p50": overhead("p50"), "p99": overhead("p99")},
         "cotrain": {"latency_ms": {"p50": median("cotrain", "p50"), "p99": median("cotrain", "p99")}},
         "echo": {"latency_ms": {"p50": median("echo", "p50"), "p99": median("echo", "p99")}},
