@@ -8,9 +8,11 @@ batch (500), hold results back (to check the in-flight limit), or vanish (a deat
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from cotrain.ingress.protocol import ModelSpec
 from cotrain.ingress.server import Frontend, Limits
 from cotrain.ingress.wire import NetResult
 from cotrain.records import read_csv_rows
+from tests.tls_certs import self_signed_cert
 
 SPEC = ModelSpec("inference", image_size=8, num_classes=4, max_batch=8, variant="stub/fp32")
 TOKEN = "s3cret-token-0123456789"
@@ -91,13 +94,13 @@ class StubWorker:
         self.back.close()
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Frontend, ServiceDispatcher, StubWorker, Path]]:
+@contextlib.contextmanager
+def _serving(
+    tmp_path: Path, tls: tuple[str, str] | None = None
+) -> Iterator[tuple[Frontend, ServiceDispatcher, StubWorker, Path]]:
     csv = tmp_path / "requests.csv"
     dispatcher = ServiceDispatcher(SPEC, "inference", csv, slo_ms=200, max_in_flight=8)
     worker = StubWorker(dispatcher)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
     frontend = Frontend(
         {"inference": dispatcher},
         http=("127.0.0.1", 0),
@@ -107,12 +110,21 @@ def served(tmp_path: Path) -> Iterator[tuple[Frontend, ServiceDispatcher, StubWo
         ),
         version="test",
         token=TOKEN,
+        tls=tls,
     )
     frontend.start()
     worker.attach()
-    yield frontend, dispatcher, worker, csv
-    frontend.stop()
-    dispatcher.close()
+    try:
+        yield frontend, dispatcher, worker, csv
+    finally:
+        frontend.stop()
+        dispatcher.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Frontend, ServiceDispatcher, StubWorker, Path]]:
+    with _serving(tmp_path) as serving:
+        yield serving
 
 
 # gRPC metadata keys must be lower case; pass copies: tritonclient.http adds its own headers to the
@@ -378,3 +390,44 @@ def test_the_server_metadata_names_cotrain_and_its_extensions(served: Any) -> No
         "version": "test",
         "extensions": ["binary_tensor_data", "parameters"],
     }
+
+
+def test_with_tls_both_listeners_speak_only_tls_with_the_given_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    x = np.full((1, 3, 8, 8), 0.5, np.float32)
+    with _serving(tmp_path, tls=(str(cert), str(key))) as (frontend, _, _, csv):
+        host, port = frontend.bound["http"]
+        context = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "image", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}
+                ]
+            }
+        )
+        conn.request("POST", "/v2/models/inference/infer", body, {**AUTH, "Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["outputs"][0]["data"] == [0.5] * 4
+        conn.close()
+
+        grpc_client = tg.InferenceServerClient(
+            _address(frontend, "grpc"), ssl=True, root_certificates=str(cert)
+        )
+        result = grpc_client.infer("inference", [_grpc_input(x)], headers=dict(AUTH))
+        assert result.as_numpy("logits").tolist() == [[0.5] * 4]
+
+        # plain text on the TLS port: no HTTP answer, and nothing reaches the records
+        with socket.create_connection((host, port), timeout=5) as plain:
+            plain.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                reply = plain.recv(64)
+            except (ConnectionResetError, TimeoutError):
+                reply = b""
+            assert not reply.startswith(b"HTTP/1.1 200")
+        plain_grpc = tg.InferenceServerClient(_address(frontend, "grpc"))
+        with pytest.raises(InferenceServerException):
+            plain_grpc.is_server_live(client_timeout=5)
+    rows = read_csv_rows(csv)
+    assert [r["status"] for r in rows] == ["200", "200"]

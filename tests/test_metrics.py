@@ -3,9 +3,7 @@ replace each other, exact counts under threads, and the /metrics page over HTTP 
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import socket
 import ssl
 import threading
@@ -20,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from cotrain.metrics import SLO_BUCKET_FRACTIONS, Metrics, slo_buckets_s
+from tests.tls_certs import self_signed_cert
 
 TIMEOUT_S = 30.0  # generous: only a broken server ever waits this long
 
@@ -476,46 +475,6 @@ def test_close_frees_the_port() -> None:
 def test_a_port_in_use_fails_at_serve_time() -> None:
     with Metrics().serve("127.0.0.1", 0) as taken, pytest.raises(OSError):
         Metrics().serve("127.0.0.1", taken.port)
-
-
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 and localhost, its own CA; returns (cert, key)."""
-    pytest.importorskip("cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cotrain metrics test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "metrics.pem", directory / "metrics.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture
