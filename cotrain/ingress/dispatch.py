@@ -88,10 +88,11 @@ def status_of(outcome: str, reason: str) -> int:
     return 500
 
 
-def frame(obj: object) -> bytes:
-    """`multiprocessing.connection.Connection.send`'s framing, so the worker reads it with recv()."""
+def frame(obj: object) -> tuple[bytes, bytes]:
+    """`multiprocessing.connection.Connection.send`'s framing, so the worker reads it with recv():
+    header and payload apart, so that a request's tensor is not copied once more to join them."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
+    return _HEADER.pack(len(data)), data
 
 
 class _WorkerLink(asyncio.Protocol):
@@ -251,7 +252,7 @@ class ServiceDispatcher:
             for request in requests:
                 self._lost(request.request_id)
             return
-        link.transport.write(frame(requests))
+        link.transport.writelines(frame(requests))
 
     def _lost(self, request_id: int) -> None:
         """A request no worker can take now: held for the next one, or failed."""

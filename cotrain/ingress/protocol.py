@@ -20,6 +20,7 @@ Errors map to protocol statuses once, here: `ProtocolError.status` is the HTTP s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +158,7 @@ def check_tensor(
 
 
 def _array(dtype: np.dtype[Any], shape: list[int], raw: bytes | memoryview) -> npt.NDArray[Any]:
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # np.prod costs ~10 µs on a short list
     if len(raw) != expected:
         raise ProtocolError(
             400, f"input {INPUT_NAME!r}: {len(raw)} bytes of data for shape {shape}, expected {expected}"
@@ -173,7 +174,7 @@ def _json_data(dtype: np.dtype[Any], shape: list[int], data: Any) -> npt.NDArray
         array = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else np.int64)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(400, f"input {INPUT_NAME!r}: data is not a list of numbers ({exc})") from None
-    if array.size != int(np.prod(shape)):
+    if array.size != math.prod(shape):
         raise ProtocolError(400, f"input {INPUT_NAME!r}: {array.size} values for shape {shape}")
     if dtype.kind == "u" and (array.min(initial=0) < 0 or array.max(initial=0) > 255):
         raise ProtocolError(400, f"input {INPUT_NAME!r}: UINT8 values must be in 0..255")
