@@ -159,6 +159,7 @@ if __name__ == "__main__":
         legs["end->send"].append(s["send"] - r.end_ns)
         legs["send->sent"].append(s["sent"] - s["send"])
         legs["sent->client"].append(t_recv[i] - s["sent"])
+    legs["round trip"] = [t_recv[i] - t_send[i] for i in range(100, 1500)]
     for k, v in legs.items():
         p50, p90, p99 = np.percentile(np.array(v) / 1e3, [50, 90, 99])
         print(f"{k:<18} p50 {p50:6.0f} p90 {p90:6.0f} p99 {p99:6.0f} us")

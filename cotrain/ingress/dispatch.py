@@ -326,9 +326,14 @@ class ServiceDispatcher:
             )
         retry = RETRY_AFTER_S if status in (429, 503) else None
         reply = Reply(status, result.outcome, result.reason, logits, served, retry)
-        self._finish(pending.request, pending.protocol, reply, result, self.clock.now_ns())
+        end_ns = self.clock.now_ns()
         if not pending.future.done():
             pending.future.set_result(reply)
+        # The row and the metrics after the answer: the handler's wake-up is already queued, so
+        # the client's reply leaves first. close() runs on this loop too, behind these calls, so
+        # no row is lost at the end.
+        assert self.loop is not None
+        self.loop.call_soon(self._finish, pending.request, pending.protocol, reply, result, end_ns)
 
     def _fail(self, request_id: int, reason: str) -> None:
         pending = self._pending.pop(request_id, None)
