@@ -9,6 +9,7 @@ file and line of each offending field (see `yaml_source.py`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -599,6 +600,13 @@ class ServiceSpec:
     where: str  # the config path, for messages
     config: InferenceConfig
     priority: int
+
+
+def shared_ingress(services: Sequence[ServiceSpec]) -> IngressConfig | None:
+    """The one ingress of a run: services with ingress share its addresses (the config checks it).
+    Here, not beside the front end, so that a run without ingress never imports the serve extra."""
+    configs = [s.config.ingress for s in services if s.config.ingress is not None]
+    return configs[0] if configs else None
 
 
 # --- controller ---------------------------------------------------------------------------------

@@ -905,12 +905,13 @@ class Runtime:
 
     def _start_ingress(self) -> None:
         """Bind the network front end before the workers load: a taken port fails the run now."""
-        from cotrain.ingress.hub import IngressHub, shared_ingress, split_address
+        from cotrain.config import shared_ingress
 
         ingress = shared_ingress(self.services)
         if ingress is None:
-            return
+            return  # before any import of the front end: without ingress the serve extra may be absent
         from cotrain.cli import _version
+        from cotrain.ingress.hub import IngressHub, split_address
         from cotrain.workloads.data import dataset_num_classes
 
         def classes(service: Any) -> int:

@@ -35,3 +35,28 @@ def test_generic_top_level_names_are_not_importable_outside_the_repo(tmp_path: P
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+SERVE_EXTRA_MODULES = ("tritonclient", "grpc", "uvicorn", "httptools", "uvloop", "prometheus_client")
+
+
+def test_a_run_without_ingress_needs_nothing_from_the_serve_extra(tmp_path: Path) -> None:
+    """`make demo` installs cotrain without `cotrain[serve]`: validate and run of a config with no
+    ingress must not import the front end's packages (here made unimportable in the runtime)."""
+    import yaml
+
+    from tests.conftest import TINY
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "duration_s": 1}))
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in SERVE_EXTRA_MODULES)
+    script = (
+        f"import sys; {blocked}; from cotrain.cli import main; "
+        f"sys.exit(main(['validate', {str(config)!r}]) or main(['run', {str(config)!r}, "
+        f"'--out', {str(tmp_path / 'run')!r}, '--quiet']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "summary.json").exists()

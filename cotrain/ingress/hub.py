@@ -21,7 +21,7 @@ from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
-from cotrain.config import IngressConfig, ServiceSpec
+from cotrain.config import ServiceSpec, shared_ingress
 from cotrain.ingress.dispatch import Reply, ServiceDispatcher
 from cotrain.ingress.protocol import ModelSpec
 from cotrain.ingress.server import Frontend, Limits
@@ -46,12 +46,6 @@ def model_spec(service: ServiceSpec, num_classes: int) -> ModelSpec:
         max_batch=config.batching.max_batch_size,
         variant=(config.variants or [f"{config.model.name}/fp32"])[0],
     )
-
-
-def shared_ingress(services: Sequence[ServiceSpec]) -> IngressConfig | None:
-    """The one ingress of a run: services with ingress share its addresses (the config checks it)."""
-    configs = [s.config.ingress for s in services if s.config.ingress is not None]
-    return configs[0] if configs else None
 
 
 class IngressHub:
