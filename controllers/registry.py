@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from cotrain.config import (
     AdaptiveControllerConfig,
@@ -25,8 +26,15 @@ from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
 from cotrain.controllers.sequential import SequentialPolicy
 from cotrain.controllers.static import StaticPolicy
 
+NO_MODE_IDS: Mapping[str, str] = MappingProxyType({})
 
-def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
+
+def action_from_config(
+    changes: KnobChangesConfig, reason: str = "", mode_names_by_id: Mapping[str, str] = NO_MODE_IDS
+) -> Action:
+    """The Action a config's knob changes describe. A power mode given by its id (`power_mode: 2`,
+    as nvpmodel numbers them) becomes the platform's name for it here, once: every rule after
+    this (the bounds, the guard, the policy file) speaks names."""
     inference = None
     if changes.inference is not None:
         i = changes.inference
@@ -52,44 +60,51 @@ def action_from_config(changes: KnobChangesConfig, reason: str = "") -> Action:
         for job, t in changes.training.items()
     }
     power_mode = None if changes.power_mode is None else str(changes.power_mode)
+    if power_mode is not None:
+        power_mode = mode_names_by_id.get(power_mode, power_mode)
     return Action(inference=inference, training=training, power_mode=power_mode, reason=reason)
 
 
-def _static(config: ControllerConfig) -> Policy:
+def _static(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     return StaticPolicy()
 
 
-def _schedule(config: ControllerConfig) -> Policy:
+def _schedule(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     assert isinstance(config, ScheduleControllerConfig)
-    return SchedulePolicy([ScheduledAction(s.at_s, action_from_config(s.set)) for s in config.steps])
+    return SchedulePolicy(
+        [
+            ScheduledAction(s.at_s, action_from_config(s.set, mode_names_by_id=mode_names_by_id))
+            for s in config.steps
+        ]
+    )
 
 
-def _adaptive(config: ControllerConfig) -> Policy:
+def _adaptive(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     assert isinstance(config, AdaptiveControllerConfig)
     return AdaptivePolicy(
         config.max_profiles, config.profile_windows, config.headroom, config.replan_rate_change
     )
 
 
-def _ladder(config: ControllerConfig) -> Policy:
+def _ladder(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     assert isinstance(config, LadderControllerConfig)
     return LadderPolicy(config.headroom, config.up_after_windows)
 
 
-def _naive(config: ControllerConfig) -> Policy:
+def _naive(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     return NaivePolicy()
 
 
-def _sequential(config: ControllerConfig) -> Policy:
+def _sequential(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     return SequentialPolicy()
 
 
-def _aimd(config: ControllerConfig) -> Policy:
+def _aimd(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
     assert isinstance(config, AimdControllerConfig)
     return AimdPolicy(config.additive_step, config.decrease_factor, config.headroom)
 
 
-_REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig], Policy]]] = {
+_REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig, Mapping[str, str]], Policy]]] = {
     AdaptiveControllerConfig: ("adaptive", _adaptive),
     LadderControllerConfig: ("ladder", _ladder),
     StaticControllerConfig: ("static", _static),
@@ -104,6 +119,8 @@ def registered_policies() -> list[str]:
     return sorted(name for name, _ in _REGISTRY.values())
 
 
-def build_policy(config: ControllerConfig) -> Policy:
+def build_policy(config: ControllerConfig, mode_names_by_id: Mapping[str, str] = NO_MODE_IDS) -> Policy:
+    """The configured policy, unwrapped. `mode_names_by_id` is the platform's table of power mode
+    ids (as strings) to names, for configs that name a mode by id."""
     _, factory = _REGISTRY[type(config)]
-    return factory(config)
+    return factory(config, mode_names_by_id)

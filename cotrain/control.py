@@ -186,7 +186,8 @@ class Observation:
     power_mode: str | None = None  # as the platform reports it
     inference_fresh: bool = True  # False: no new inference stats arrived since the last tick
     variants: tuple[VariantInfo, ...] = ()  # the ladder, heaviest first
-    profile_ms: Mapping[tuple[str, int], float] = field(default_factory=dict)  # (variant, batch) -> p50 ms
+    # (variant, batch) -> p50 ms; read-only, as every field of an Observation
+    profile_ms: Mapping[tuple[str, int], float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

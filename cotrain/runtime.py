@@ -224,7 +224,7 @@ class Runtime:
         )
         self.power_rules = power_rules or power_rules_for(config, platform)
         mode_names = frozenset(m.name for m in modes) if modes else None
-        base = policy or build_policy(config.controller)
+        base = policy or build_policy(config.controller, {str(m.id): m.name for m in modes})
         if policy is None and isinstance(base, AdaptivePolicy):
             table = adaptive_mode_table(modes, self.power_rules)
             if table:  # a platform that reports clocks: adaptive searches its power modes too

@@ -104,6 +104,26 @@ def test_jetson_mode_is_set_and_restored_after_sigterm(tmp_path: Path, tiny: dic
     assert any(",tegrastats,MODE_50W," in row for row in telemetry[1:])
 
 
+def test_a_scheduled_power_mode_given_by_its_id_is_applied_under_its_name(
+    tmp_path: Path, tiny: dict[str, Any]
+) -> None:
+    tiny["duration_s"] = 2
+    tiny["controller"] = {
+        "name": "schedule",
+        "period_s": 0.25,
+        "steps": [{"at_s": 0.5, "set": {"power_mode": MODE_50W}}],  # nvpmodel's number, not its name
+    }
+    config, nvpmodel = jetson_config(tmp_path, tiny)
+    out = tmp_path / "run"
+    result = run_cli("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert nvpmodel.switches() == [MODE_50W, MAXN]
+    switched = [e["mode"] for e in events(out) if e["event"] == "power_mode_set"]
+    assert switched == ["MODE_50W"]
+    decisions = (out / "decisions.jsonl").read_text()
+    assert "not offered by this platform" not in decisions
+
+
 def test_jetson_mode_is_restored_when_a_worker_crashes(tmp_path: Path, tiny: dict[str, Any]) -> None:
     tiny["duration_s"] = 600
     tiny["supervision"] = {"max_restarts": 0}  # the crash ends the run (restarts: test_supervision.py)
