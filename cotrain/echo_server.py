@@ -50,28 +50,13 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from cotrain import __version__
+from cotrain.ingress.datatypes import NUMPY_DTYPES
 
 SERVER_NAME = "cotrain-echo"
 MODEL_VERSION = "1"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest request either server takes (gRPC message, HTTP body): a batch of 8 224x224 FP32
 images is 4.8 MB, above gRPC's 4 MB default."""
-
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-"""KServe v2 tensor datatypes with a fixed-size numpy equivalent (BYTES and BF16 have none)."""
 
 
 @dataclass(frozen=True)

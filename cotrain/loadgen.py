@@ -56,6 +56,7 @@ import numpy as np
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cotrain.config import ArrivalsConfig, ConfigError, describe_error, read_yaml_file
+from cotrain.ingress.datatypes import NUMPY_DTYPES
 
 MAX_IN_FLIGHT = 4096
 """Requests outstanding at once, at most; beyond it a request is recorded as `in_flight_limit`."""
@@ -202,23 +203,6 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
-
-
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-"""The datatypes the client can make random inputs of (not BYTES or BF16)."""
 
 
 def request_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:

@@ -8,7 +8,6 @@ spawn them); the Jetson is the fake device built from real artefacts.
 from __future__ import annotations
 
 import copy
-import datetime
 import itertools
 import json
 import os
@@ -34,6 +33,7 @@ from cotrain.workloads.training.federated.process_tree import ProcessSet, Spawne
 from tests.conftest import REPO, TINY
 from tests.fake_tools import FakeNvpmodel
 from tests.jetson_fakes import build_fake_orin_sysfs
+from tests.tls_certs import self_signed_cert
 
 FIXTURES = REPO / "tests" / "data" / "jetson"
 AGX_CONF = FIXTURES / "nvpmodel" / "LineageOS__android_device_nvidia_concord__nvpmodel_p3701_0000.conf"
@@ -116,30 +116,8 @@ def spawned_argv(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]
 
 def make_ca(directory: Path) -> Path:
     """A self-signed CA certificate in PEM, as a fleet operator would hand out."""
-    crypto = pytest.importorskip("cryptography")
-    del crypto
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cotrain test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "fleet-ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
+    cert, _ = self_signed_cert(directory)
+    return cert
 
 
 def federated(name: str, server: Any) -> dict[str, Any]:
