@@ -883,42 +883,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration 30 --out runs/load-http",
         func=cmd_load,
     )
-    load.add_argument(
-        "url", metavar="URL", help="grpc://host:port or http://host:port; grpcs://, https:// for TLS"
-    )
-    load.add_argument("--model", required=True, metavar="NAME", help="the model to send to")
-    load.add_argument(
-        "--arrivals",
-        required=True,
-        metavar="FILE",
-        help="arrivals YAML: {process: ...}, a file with an arrivals: key, or an experiment file",
-    )
-    load.add_argument("--duration", required=True, type=float, metavar="S", help="seconds of sending")
-    load.add_argument("--out", required=True, metavar="DIR", help="where requests.csv and summary.json go")
-    load.add_argument("--token-file", dest="token_file", metavar="F", help="a bearer token to send")
-    load.add_argument(
-        "--timeout-s", dest="timeout_s", type=float, default=10.0, metavar="S", help="per-request timeout"
-    )
-    load.add_argument("--batch", type=int, default=1, metavar="N", help="images per request")
-    load.add_argument(
-        "--wait-ready-s",
-        dest="wait_ready_s",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="how long to wait for the server and the model to be ready",
-    )
-    load.add_argument("--seed", type=int, default=0, help="seed of the input data")
-    load.add_argument("--datatype", metavar="TYPE", help="override the model's input datatype, e.g. UINT8")
-    load.add_argument("--ca", metavar="FILE", help="CA bundle (PEM) that verifies a TLS server")
-    load.add_argument(
-        "--max-in-flight",
-        dest="max_in_flight",
-        type=int,
-        default=4096,
-        metavar="N",
-        help="requests outstanding at once; beyond it a request is recorded as in_flight_limit",
-    )
+    from cotrain.load_args import add_load_arguments
+
+    add_load_arguments(load)
 
     telemetry = _command(sub, "telemetry", "telemetry tools")
     telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", required=True, metavar="WHAT")
