@@ -69,6 +69,7 @@ from cotrain.controllers.modesearch import (
     fit_mode_model,
     predicted_rate,
 )
+from cotrain.queueing import batch_interval_ms, fill_ms, formed_batch, worst_latency_ms
 
 Phase = Literal["probe", "profile", "hold"]
 RATE_EWMA_WEIGHT = 0.3  # of the newest window
@@ -163,13 +164,7 @@ def fit_exec_ms(points: Mapping[int, float]) -> tuple[float, float]:
 
 def predicted_worst_ms(b: int, rate_per_s: float, alpha: float, beta: float) -> float | None:
     """(b-1)/λ + e(b) if a batch of b is stable at λ (e(b) <= b/λ), else None."""
-    exec_ms = alpha + beta * b
-    if rate_per_s <= 0:
-        return exec_ms
-    fill_ms = b / rate_per_s * 1000
-    if exec_ms > fill_ms:
-        return None
-    return (b - 1) / rate_per_s * 1000 + exec_ms
+    return worst_latency_ms(b, rate_per_s, alpha + beta * b)
 
 
 def operating_point(
@@ -182,11 +177,9 @@ def operating_point(
     """
     if rate_per_s <= 0:
         return 1, alpha + beta
-    b_eff = max(1, min(b, 1 + int(rate_per_s * delay_ms / 1000)))
-    if alpha + beta * b_eff > b_eff / rate_per_s * 1000:
-        return b_eff, None
-    wait_ms = min(delay_ms, (b - 1) / rate_per_s * 1000)
-    return b_eff, wait_ms + alpha + beta * b_eff
+    b_eff = formed_batch(b, delay_ms, rate_per_s)
+    wait_ms = min(delay_ms, fill_ms(b, rate_per_s))
+    return b_eff, worst_latency_ms(b_eff, rate_per_s, alpha + beta * b_eff, wait_ms=wait_ms)
 
 
 def leaves_a_gap(b: int, delay_ms: float, rate_per_s: float, alpha: float, beta: float) -> bool:
@@ -200,7 +193,7 @@ def leaves_a_gap(b: int, delay_ms: float, rate_per_s: float, alpha: float, beta:
     if rate_per_s <= 0:
         return True
     b_eff, worst = operating_point(b, delay_ms, rate_per_s, alpha, beta)
-    return worst is not None and worst < b_eff / rate_per_s * 1000
+    return worst is not None and worst < batch_interval_ms(b_eff, rate_per_s)
 
 
 def plan(
@@ -230,8 +223,7 @@ def plan(
     def ranked(factor: float, need_gap: bool = False) -> list[tuple[int, float]]:
         points: dict[tuple[int, float], int] = {}
         for b in sizes:
-            fill_ms = (b - 1) / rate_per_s * 1000 if rate_per_s > 0 else 0.0
-            for delay in {round(delay_ms, 1), round(fill_ms, 1)}:
+            for delay in {round(delay_ms, 1), round(fill_ms(b, rate_per_s), 1)}:
                 b_eff, worst = operating_point(b, delay, rate_per_s, alpha * factor, beta * factor)
                 if worst is None or worst > headroom * slo_ms:
                     continue

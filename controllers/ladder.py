@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cotrain.control import Action, InferenceChange, Observation
+from cotrain.queueing import fill_ms, worst_latency_ms
 
 
 def feasible(
@@ -37,11 +38,10 @@ def feasible(
     for (name, batch), exec_ms in sorted(profile_ms.items()):
         if name != variant or batch > max_batch_size:
             continue
-        wait_ms = (batch - 1) / rate_per_s * 1000
-        if batch > 1 and wait_ms > max_queue_delay_ms:
+        if batch > 1 and fill_ms(batch, rate_per_s) > max_queue_delay_ms:
             continue  # the batcher would dispatch before this batch forms
-        stable = exec_ms <= batch / rate_per_s * 1000
-        if stable and wait_ms + exec_ms <= headroom * slo_ms:
+        worst_ms = worst_latency_ms(batch, rate_per_s, exec_ms)
+        if worst_ms is not None and worst_ms <= headroom * slo_ms:
             return True
     return False
 

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cotrain.queueing import fill_ms
+
 FloatArray = npt.NDArray[np.float64]
 
 # Priors: generic for a DNN on a Jetson-class SoC, not fitted to any device. The shares of a step's
@@ -291,8 +293,8 @@ def batch_wait_ms(b: int, rate_per_s: float, delay_ms: float) -> float:
 
 
 def _delay_for(b: int, rate_per_s: float, base_delay_ms: float) -> float:
-    fill_ms = (b - 1) / rate_per_s * 1000.0 if rate_per_s > 0 else 0.0
-    return base_delay_ms if base_delay_ms >= fill_ms else round(fill_ms, 1)
+    mean_fill_ms = fill_ms(b, rate_per_s)
+    return base_delay_ms if base_delay_ms >= mean_fill_ms else round(mean_fill_ms, 1)
 
 
 def best_mode(

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from cotrain.queueing import batch_interval_ms
+
 FIXED_BATCH_DELAY_MS = 60_000.0  # the largest the config allows: a batch waits until it is full
 SETTLE_S = 2.0  # warm-up (first calls of the model) left out of the latency trend
 STOPPED_REASON = "stopped before dispatch"  # what the service records for requests still queued at stop
@@ -56,7 +58,7 @@ def latency_rising(trend_ms_per_s: float | None, span_s: float, batch: int, rate
     floor keeps scheduling noise at small b from counting."""
     if trend_ms_per_s is None:
         return False
-    return trend_ms_per_s * span_s > max(1000.0 * batch / rate_per_s, 100.0)
+    return trend_ms_per_s * span_s > max(batch_interval_ms(batch, rate_per_s), 100.0)
 
 
 def latency_trend_ms_per_s(arrivals_s: Sequence[float], latencies_ms: Sequence[float]) -> float | None:

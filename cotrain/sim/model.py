@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from cotrain.queueing import MS_PER_S, fill_ms, is_stable
 from cotrain.sim.modes import SimMode
 
 # The reference mode: AGX Orin MAXN (12 cores, 2201.6 / 1300.5 / 3199 MHz, 8 TPCs).
@@ -324,12 +325,15 @@ def steady_state(
     exec_s = solo_s / inf_rate
     busy = min(1.0, rate_per_s * exec_s / batch)
     n_batches = max(1, int(duration_s * rate_per_s / batch))
-    peak = (batch - 1) / rate_per_s + exec_s * expected_max_factor(c.exec_cv, n_batches)
+    peak = fill_ms(batch, rate_per_s) / MS_PER_S + exec_s * expected_max_factor(c.exec_cv, n_batches)
     steps = 0.0
     if training:
         tb = train_batch or device.training.ref_batch
         step_s = device.training.step_s(tb, mode, device.mix)
         steps = ((1.0 - busy) + busy * train_rate) / step_s
     return SteadyState(
-        exec_s=exec_s, stable=exec_s <= batch / rate_per_s, peak_latency_s=peak, train_steps_per_s=steps
+        exec_s=exec_s,
+        stable=is_stable(exec_s * MS_PER_S, batch, rate_per_s),
+        peak_latency_s=peak,
+        train_steps_per_s=steps,
     )
