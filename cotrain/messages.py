@@ -180,6 +180,23 @@ class WorkerFailed:
     traceback: str = ""
 
 
+@dataclass(frozen=True)
+class CommandRefused:
+    """A command this kind of worker has no handler for reached it. The runtime routed it wrongly;
+    the worker says so instead of ignoring it, and the runtime records it."""
+
+    command: str
+    at_ns: int
+
+
 Report = (
-    Ready | Applied | InferenceStats | TrainingStats | ModelReady | ModelSwapped | Finished | WorkerFailed
+    Ready
+    | Applied
+    | InferenceStats
+    | TrainingStats
+    | ModelReady
+    | ModelSwapped
+    | Finished
+    | WorkerFailed
+    | CommandRefused
 )

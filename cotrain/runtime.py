@@ -38,6 +38,7 @@ from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, Po
 from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
+    CommandRefused,
     Finished,
     InferenceStats,
     LoadModel,
@@ -364,6 +365,9 @@ class Runtime:
                 value=report.value,
                 applied_mono_s=round(report.at_ns / NS_PER_S, 6),
             )
+        elif isinstance(report, CommandRefused):
+            self.event("command_refused", worker=worker, command=report.command)
+            self._log(f"  {worker} has no use for {report.command}: a command sent to the wrong worker")
         elif isinstance(report, ModelReady):
             self.event(
                 "model_published",

@@ -35,6 +35,7 @@ from cotrain.config import InferenceConfig
 from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
+    CommandRefused,
     Finished,
     InferenceStats,
     LoadModel,
@@ -248,6 +249,8 @@ class InferenceService:
                 threading.Thread(
                     target=self._prepare, args=(message,), name="model-loader", daemon=True
                 ).start()
+            else:  # a training knob, or a second Start: the runtime sent it to the wrong worker
+                self.channel.send(CommandRefused(type(message).__name__, self.clock.now_ns()))
 
     def _prepare(self, message: LoadModel) -> None:
         """Load and warm a new model version off the serving path; the executor swaps it in."""

@@ -31,6 +31,7 @@ from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
     Command,
+    CommandRefused,
     Finished,
     Ready,
     SetBatchSize,
@@ -169,6 +170,8 @@ class Trainer:
         elif isinstance(message, SetInterleave):
             self.gate_policy, self.gate_max_wait_ms = message.policy, message.max_wait_ms
             self.channel.send(Applied("interleave", [message.policy, message.max_wait_ms], now_ns))
+        else:  # an inference knob, or a second Start: the runtime sent it to the wrong worker
+            self.channel.send(CommandRefused(type(message).__name__, now_ns))
 
     def _poll_commands(self, timeout_s: float) -> None:
         """Handle every waiting command; wait up to `timeout_s` for the first one."""
