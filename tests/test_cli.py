@@ -155,4 +155,4 @@ def test_the_readme_minimal_experiment_is_the_shipped_file_and_validates(
 def test_the_readme_stays_a_front_door() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 250
-    assert "../shared" not in readme
+    assert "../" not in readme, "a clone has nothing beside it: the README must not point outside it"
