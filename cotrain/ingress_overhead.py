@@ -56,9 +56,8 @@ def _start_echo(protocol: str, log: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split("listening on ")[1].split()[0]
 
 
-def _serve_config(
-    protocol: str, path: Path, max_batch_size: int = 1, max_queue_delay_ms: float = 0.0
-) -> Path:
+def _serve_config(protocol: str, path: Path, max_batch_size: int = 1) -> Path:
+    max_queue_delay_ms = 1.0 if max_batch_size > 1 else 0.0  # alone: dispatch at once
     config = {
         "name": "overhead",
         "controller": {"name": "static", "period_s": 1.0},
@@ -84,7 +83,7 @@ def _serve_config(
 
 
 def _start_cotrain(protocol: str, out: Path, max_batch_size: int = 1) -> tuple[subprocess.Popen[str], str]:
-    config = _serve_config(protocol, out / "serve.yaml", max_batch_size, 1.0 if max_batch_size > 1 else 0.0)
+    config = _serve_config(protocol, out / "serve.yaml", max_batch_size)
     run_dir = out / "cotrain-run"
     (run_dir / "ingress.json").unlink(missing_ok=True)  # a previous run's addresses are stale
     proc = subprocess.Popen(
