@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 
 from cotrain.config import (
     AdaptiveControllerConfig,
@@ -20,13 +19,14 @@ from cotrain.control import Action, InferenceChange, TrainingChange
 from cotrain.controllers.adaptive import AdaptivePolicy
 from cotrain.controllers.aimd import AimdPolicy
 from cotrain.controllers.base import Policy
+from cotrain.controllers.capabilities import NO_MODE_IDS, Capabilities
 from cotrain.controllers.ladder import LadderPolicy
 from cotrain.controllers.naive import NaivePolicy
 from cotrain.controllers.schedule import ScheduledAction, SchedulePolicy
 from cotrain.controllers.sequential import SequentialPolicy
 from cotrain.controllers.static import StaticPolicy
 
-NO_MODE_IDS: Mapping[str, str] = MappingProxyType({})
+NO_CAPABILITIES = Capabilities(cpus=(), queue_capacity=1, jobs=frozenset())
 
 
 def action_from_config(
@@ -65,46 +65,51 @@ def action_from_config(
     return Action(inference=inference, training=training, power_mode=power_mode, reason=reason)
 
 
-def _static(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _static(config: ControllerConfig, caps: Capabilities) -> Policy:
     return StaticPolicy()
 
 
-def _schedule(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _schedule(config: ControllerConfig, caps: Capabilities) -> Policy:
     assert isinstance(config, ScheduleControllerConfig)
     return SchedulePolicy(
         [
-            ScheduledAction(s.at_s, action_from_config(s.set, mode_names_by_id=mode_names_by_id))
+            ScheduledAction(s.at_s, action_from_config(s.set, mode_names_by_id=caps.mode_names_by_id))
             for s in config.steps
         ]
     )
 
 
-def _adaptive(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _adaptive(config: ControllerConfig, caps: Capabilities) -> Policy:
     assert isinstance(config, AdaptiveControllerConfig)
+    # a platform that reports its modes' clocks: adaptive searches the power modes too
     return AdaptivePolicy(
-        config.max_profiles, config.profile_windows, config.headroom, config.replan_rate_change
+        config.max_profiles,
+        config.profile_windows,
+        config.headroom,
+        config.replan_rate_change,
+        modes=caps.searchable_modes(),
     )
 
 
-def _ladder(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _ladder(config: ControllerConfig, caps: Capabilities) -> Policy:
     assert isinstance(config, LadderControllerConfig)
     return LadderPolicy(config.headroom, config.up_after_windows)
 
 
-def _naive(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _naive(config: ControllerConfig, caps: Capabilities) -> Policy:
     return NaivePolicy()
 
 
-def _sequential(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _sequential(config: ControllerConfig, caps: Capabilities) -> Policy:
     return SequentialPolicy()
 
 
-def _aimd(config: ControllerConfig, mode_names_by_id: Mapping[str, str]) -> Policy:
+def _aimd(config: ControllerConfig, caps: Capabilities) -> Policy:
     assert isinstance(config, AimdControllerConfig)
     return AimdPolicy(config.additive_step, config.decrease_factor, config.headroom)
 
 
-_REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig, Mapping[str, str]], Policy]]] = {
+_REGISTRY: dict[type, tuple[str, Callable[[ControllerConfig, Capabilities], Policy]]] = {
     AdaptiveControllerConfig: ("adaptive", _adaptive),
     LadderControllerConfig: ("ladder", _ladder),
     StaticControllerConfig: ("static", _static),
@@ -119,8 +124,9 @@ def registered_policies() -> list[str]:
     return sorted(name for name, _ in _REGISTRY.values())
 
 
-def build_policy(config: ControllerConfig, mode_names_by_id: Mapping[str, str] = NO_MODE_IDS) -> Policy:
-    """The configured policy, unwrapped. `mode_names_by_id` is the platform's table of power mode
-    ids (as strings) to names, for configs that name a mode by id."""
+def build_policy(config: ControllerConfig, caps: Capabilities = NO_CAPABILITIES) -> Policy:
+    """The configured policy, unwrapped (`assemble_policy` wraps it). From `caps` it takes what a
+    policy plans with: the platform's mode ids for configs that name a mode by id, and for
+    `adaptive` the modes it may search."""
     _, factory = _REGISTRY[type(config)]
-    return factory(config, mode_names_by_id)
+    return factory(config, caps)

@@ -6,6 +6,7 @@ changes for unknown jobs or unavailable CPUs, and records what it changed in the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -111,6 +112,26 @@ class Bounded:
     def decide(self, obs: Observation, state: Any) -> tuple[Action, Any]:
         action, state = self.policy.decide(obs, state)
         return bound_action(action, self.bounds), state
+
+
+class CanonicalModeNames:
+    """Renames a requested power mode to the name the guard's rules use (on the simulated board
+    `50W` and a named mode's clock label become `MODE_50W`), so every accepted spelling is judged
+    alike."""
+
+    def __init__(self, policy: Policy, canonical: Callable[[str], str]) -> None:
+        self.policy = policy
+        self.canonical = canonical
+        self.name = policy.name
+
+    def initial_state(self) -> Any:
+        return self.policy.initial_state()
+
+    def decide(self, obs: Observation, state: Any) -> tuple[Action, Any]:
+        action, state = self.policy.decide(obs, state)
+        if action.power_mode is not None:
+            action = replace(action, power_mode=self.canonical(action.power_mode))
+        return action, state
 
 
 @dataclass(frozen=True)

@@ -22,19 +22,18 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import FrameType
+from types import FrameType, MappingProxyType
 from typing import Any
 
 import yaml
 
 from cotrain.clock import NS_PER_S, Clock, MonotonicClock
-from cotrain.config import AdaptiveControllerConfig, ExperimentConfig, FederatedConfig, dump_config
+from cotrain.config import ExperimentConfig, FederatedConfig, dump_config
 from cotrain.control import Action, InferenceKnobs, InferenceWindow, Knobs, TrainingKnobs, VariantInfo
-from cotrain.controllers.adaptive import AdaptivePolicy
 from cotrain.controllers.base import Policy
+from cotrain.controllers.capabilities import Capabilities, assemble_policy, searchable_modes
 from cotrain.controllers.modesearch import ModeInfo
-from cotrain.controllers.registry import build_policy
-from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, PowerModeRules
+from cotrain.controllers.wrappers import KnobBounds, PowerModeRules
 from cotrain.gate import InterleavingGate
 from cotrain.messages import (
     Applied,
@@ -139,42 +138,48 @@ def initial_knobs(config: ExperimentConfig, cpu_count: int) -> Knobs:
     return Knobs(inference=inference, training=training)
 
 
-def knob_bounds(
-    config: ExperimentConfig, cpus: tuple[int, ...], power_modes: frozenset[str] | None = None
-) -> KnobBounds:
+def run_capabilities(
+    config: ExperimentConfig,
+    cpus: tuple[int, ...],
+    modes: Sequence[PowerModeInfo] = (),
+    rules: PowerModeRules | None = None,
+) -> Capabilities:
+    """What this run's platform and config offer the controller (see controllers/capabilities)."""
     primary = config.workloads.primary_inference()
     inference = primary.config if primary is not None else None
-    capacity = inference.queue_capacity if inference else 1
-    return KnobBounds(
-        max_batch_size=(1, capacity),
-        max_queue_delay_ms=(0.0, 60_000.0),
-        threads=(1, max(1, len(cpus))),
-        num_workers=(0, max(0, 2 * len(cpus))),
+    return Capabilities(
         cpus=cpus,
+        queue_capacity=inference.queue_capacity if inference else 1,
         jobs=frozenset(job.name for job in config.workloads.training),
-        power_modes=power_modes,
         variants=frozenset(inference.variants) if inference and inference.variants else None,
+        mode_names=frozenset(m.name for m in modes) if modes else None,
+        mode_names_by_id=MappingProxyType({str(m.id): m.name for m in modes}),
+        modes=mode_infos(modes),
+        power_rules=rules,
     )
 
 
-def adaptive_mode_table(modes: Sequence[PowerModeInfo], rules: PowerModeRules) -> tuple[ModeInfo, ...]:
-    """The modes `adaptive` may search, with their clocks, as the platform reports them.
+def knob_bounds(
+    config: ExperimentConfig, cpus: tuple[int, ...], power_modes: frozenset[str] | None = None
+) -> KnobBounds:
+    return replace(run_capabilities(config, cpus), mode_names=power_modes).knob_bounds()
 
-    Empty unless every candidate has CPU, GPU and EMC clocks (a host's emulated modes have
-    none). Modes the guard would refuse (a reboot, outside the policy's allowed list) are left
-    out, so the search never plans around a mode it cannot have; they share the current GPU
-    gating, so `gpu_tpcs` is the same for all.
-    """
-    table = []
+
+def mode_infos(modes: Sequence[PowerModeInfo]) -> tuple[ModeInfo, ...]:
+    """The platform's modes with their clocks; empty unless every mode has CPU, GPU and EMC clocks
+    (a host's emulated modes have none). They share the current GPU gating, so `gpu_tpcs` is
+    left at its default."""
+    infos = []
     for m in modes:
-        if m.name in rules.needs_reboot and not rules.allow_reboot_modes:
-            continue
-        if rules.allowed is not None and m.name not in rules.allowed:
-            continue
         if m.cpu_mhz is None or m.gpu_mhz is None or m.emc_mhz is None:
             return ()
-        table.append(ModeInfo(m.name, m.online_cores, m.cpu_mhz, m.gpu_mhz, m.emc_mhz))
-    return tuple(table)
+        infos.append(ModeInfo(m.name, m.online_cores, m.cpu_mhz, m.gpu_mhz, m.emc_mhz))
+    return tuple(infos)
+
+
+def adaptive_mode_table(modes: Sequence[PowerModeInfo], rules: PowerModeRules) -> tuple[ModeInfo, ...]:
+    """The modes `adaptive` may search, with their clocks, as the platform reports them."""
+    return searchable_modes(mode_infos(modes), rules)
 
 
 def power_rules_for(config: ExperimentConfig, platform: Platform) -> PowerModeRules:
@@ -224,20 +229,8 @@ class Runtime:
             initial_knobs(config, len(self.cpus)), power_mode=current.name if current else None
         )
         self.power_rules = power_rules or power_rules_for(config, platform)
-        mode_names = frozenset(m.name for m in modes) if modes else None
-        base = policy or build_policy(config.controller, {str(m.id): m.name for m in modes})
-        if policy is None and isinstance(base, AdaptivePolicy):
-            table = adaptive_mode_table(modes, self.power_rules)
-            if table:  # a platform that reports clocks: adaptive searches its power modes too
-                c = config.controller
-                assert isinstance(c, AdaptiveControllerConfig)
-                base = AdaptivePolicy(
-                    c.max_profiles, c.profile_windows, c.headroom, c.replan_rate_change, modes=table
-                )
-        self.policy = PowerModeGuard(
-            Bounded(base, knob_bounds(config, self.cpus, mode_names)),
-            self.power_rules,
-        )
+        self.capabilities = run_capabilities(config, self.cpus, modes, self.power_rules)
+        self.policy = assemble_policy(config.controller, self.capabilities, policy)
         self._last_sample: Any = None
         self.supervisor = Supervisor(
             run_dir, env={"TORCHINDUCTOR_CACHE_DIR": str(run_dir.path / ".inductor-cache")}

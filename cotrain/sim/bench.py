@@ -216,7 +216,8 @@ def run_sim_bench(
     rules = sim_power_rules(scenario, cal.device)
     rows: list[BenchRow] = []
     for name in controllers or bench.controllers:
-        run = run_policy(scenario, sim_policy(name, board, rules), device=cal.device, power_rules=rules)
+        policy = sim_policy(name, scenario, board, rules)
+        run = run_policy(scenario, policy, device=cal.device, power_rules=rules)
         rows.append(_row(name, run, bench.slo_attainment_target, f"at the end: {_knobs_at_end(run)}"))
     start = start_config(scenario, board)
     batches = sorted({*bench.oracle.max_batch_size, start.max_batch_size})

@@ -152,7 +152,7 @@ def run_rate_step(
     """Run `policy` (default: `adaptive` with the board's mode table) through `scenario`."""
     device = device or calibrate().device
     rules = sim_power_rules(scenario, device)
-    policy = policy or sim_policy("adaptive", mode_space(scenario.board), rules)
+    policy = policy or sim_policy("adaptive", scenario, mode_space(scenario.board), rules)
     result = run_policy(scenario, policy, device=device, power_rules=rules)
     return analyse(result, step_at_s), result
 

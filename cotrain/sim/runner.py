@@ -3,8 +3,9 @@
 The loop is the runtime's (cotrain/runtime.py), with the device replaced by the engine: every
 `period_s` of simulated time the window's records become the same `InferenceStats` and
 `TrainingStats` messages the workers send, `build_observation` turns them into an Observation,
-the policy (wrapped by `Bounded`, as the runtime wraps it) decides, and the knob changes are
-applied to the engine. No wall-clock time passes, so a 10-minute scenario takes seconds.
+the policy (wrapped by `wrap_policy` from the board's `sim_capabilities`, as the runtime wraps
+it from the platform's) decides, and the knob changes are applied to the engine. No wall-clock
+time passes, so a 10-minute scenario takes seconds.
 
 `sim_static` evaluates one fixed configuration without a controller loop: it is what an oracle
 grid search or an exhaustive search over the mode space calls thousands of times.
@@ -15,13 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
-from cotrain.control import Action, Knobs, Observation
+from cotrain.control import Knobs, Observation
 from cotrain.controllers.base import Policy
-from cotrain.controllers.wrappers import Bounded, KnobBounds, PowerModeGuard, PowerModeRules
+from cotrain.controllers.capabilities import wrap_policy
+from cotrain.controllers.wrappers import PowerModeRules
 from cotrain.messages import InferenceStats, TrainingStats
 from cotrain.observe import build_observation
 from cotrain.sim.calibration import calibrate
@@ -36,7 +37,8 @@ from cotrain.sim.engine import (
     arrival_times_s,
 )
 from cotrain.sim.model import DeviceModel
-from cotrain.sim.modes import ModeSpace, SimMode, mode_space
+from cotrain.sim.modes import SimMode, mode_space
+from cotrain.sim.policies import sim_capabilities
 from cotrain.sim.scenario import SimScenario, SimTrainingJob, scenario_from_config
 
 __all__ = [
@@ -47,7 +49,6 @@ __all__ = [
     "build_engine",
     "run_policy",
     "scenario_from_config",
-    "sim_knob_bounds",
     "sim_power_rules",
     "sim_static",
 ]
@@ -96,39 +97,6 @@ class SimResult:
     @property
     def configs_profiled(self) -> int:
         return len(self.configs)
-
-
-def sim_knob_bounds(scenario: SimScenario, space: ModeSpace) -> KnobBounds:
-    """The bounds the runtime's `knob_bounds` would give, on the simulated board."""
-    cores = max(m.cores for m in space.modes)
-    return KnobBounds(
-        max_batch_size=(1, scenario.queue_capacity),
-        max_queue_delay_ms=(0.0, 60_000.0),
-        threads=(1, cores),
-        num_workers=(0, 2 * cores),
-        cpus=tuple(range(cores)),
-        jobs=frozenset(j.name for j in scenario.training),
-        power_modes=space.names(),
-    )
-
-
-class _CanonicalModeNames:
-    """Renames a requested power mode to the name the guard's rules use (`50W`, or the SimMode
-    name of a named mode, become `MODE_50W`), so every accepted spelling is judged alike."""
-
-    def __init__(self, policy: Policy, space: ModeSpace) -> None:
-        self.policy = policy
-        self.space = space
-        self.name = policy.name
-
-    def initial_state(self) -> Any:
-        return self.policy.initial_state()
-
-    def decide(self, obs: Observation, state: Any) -> tuple[Action, Any]:
-        action, state = self.policy.decide(obs, state)
-        if action.power_mode is not None and action.power_mode in self.space.names():
-            action = replace(action, power_mode=self.space.label(self.space.resolve(action.power_mode)))
-        return action, state
 
 
 def sim_power_rules(
@@ -316,9 +284,7 @@ def run_policy(
     mode = space.resolve(scenario.mode)
     knobs = replace(scenario.initial_knobs(), power_mode=space.label(mode))
     engine = build_engine(scenario, device, knobs)
-    bounded: Policy = Bounded(policy, sim_knob_bounds(scenario, space))
-    if power_rules is not None:
-        bounded = PowerModeGuard(_CanonicalModeNames(bounded, space), power_rules)
+    bounded = wrap_policy(policy, sim_capabilities(scenario, space, power_rules))
     state = bounded.initial_state()
     period = period_s or scenario.control_period_s
     windows: list[WindowStats] = []
