@@ -166,6 +166,8 @@ class TrainingWindow:
     total_steps: int
     last_loss: float | None
     paused: bool
+    # the share of the window the job waited for data (loader workers too few or too slow)
+    data_wait_fraction: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ class TrainingStats:
     total_steps: int
     last_loss: float | None
     paused: bool
+    data_wait_ms: float = 0.0  # of the window, spent waiting for the next minibatch's data
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,9 @@ def training_window(stats: Sequence[TrainingStats], window_s: float, paused: boo
         total_steps=stats[-1].total_steps if stats else 0,
         last_loss=next((s.last_loss for s in reversed(stats) if s.last_loss is not None), None),
         paused=stats[-1].paused if stats else paused,
+        data_wait_fraction=min(1.0, sum(s.data_wait_ms for s in stats) / 1000.0 / window_s)
+        if window_s > 0
+        else 0.0,
     )
 
 

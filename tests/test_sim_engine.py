@@ -9,6 +9,8 @@ import pytest
 
 from cotrain.sim.calibration import calibrate
 from cotrain.sim.engine import PENDING, SERVED, SHED, ArrivalSpec, arrival_times_s
+from cotrain.sim.model import cpu_share
+from cotrain.sim.modes import mode_space
 from cotrain.sim.runner import build_engine, sim_static
 from cotrain.sim.scenario import SimScenario, SimTrainingJob
 
@@ -124,3 +126,49 @@ def test_a_smaller_power_mode_is_slower_and_draws_less() -> None:
     low = sim_static(replace(BASE, inference_model=None, mode="MODE_15W"))
     assert low.training_samples_per_s < maxn.training_samples_per_s / 3
     assert low.power_w < maxn.power_w / 2
+
+
+def test_one_online_core_shared_by_seven_processes_is_slower_than_twelve() -> None:
+    """Inference, a training job and its five loader workers: seven processes. With one online
+    core they share it; at the same clocks with twelve, each has a core of its own."""
+    scenario = replace(BASE, training=(SimTrainingJob(num_workers=5),), mode="MAXN")
+    maxn = mode_space(scenario.board).resolve("MAXN")
+    one_core = replace(maxn, cores=1)
+    twelve = sim_static(scenario, replace(scenario.initial_knobs(), power_mode=maxn.name))
+    single = sim_static(scenario, replace(scenario.initial_knobs(), power_mode=one_core.name))
+    assert single.training_samples_per_s < 0.8 * twelve.training_samples_per_s
+    assert single.latency_ms_p50 is not None and twelve.latency_ms_p50 is not None
+    assert single.latency_ms_p50 > twelve.latency_ms_p50
+    assert cpu_share(1, 7) == pytest.approx(1 / 7) and cpu_share(12, 7) == 1.0
+
+
+def test_too_few_loader_workers_make_training_wait_for_data() -> None:
+    """Data loading on the CPU must keep up with the GPU step: with no worker the main process
+    loads each batch before its step; at the board's lowest CPU clock one worker cannot keep up
+    either; enough workers hide it. The wait reaches the controller as `data_wait_fraction`."""
+    from cotrain.control import Action
+    from cotrain.sim.runner import run_policy
+    from tests.test_sim_runner import Scripted
+
+    space = mode_space(BASE.board)
+    maxn = space.resolve("MAXN")
+    slow_cpu = min(
+        (
+            m
+            for m in space.modes
+            if (m.cores, m.gpu_mhz, m.emc_mhz) == (maxn.cores, maxn.gpu_mhz, maxn.emc_mhz)
+        ),
+        key=lambda m: m.cpu_mhz,
+    )
+    waits = {}
+    rates = {}
+    for workers in (0, 1, 8):
+        job = SimTrainingJob(num_workers=workers)
+        scenario = replace(BASE, training=(job,), duration_s=10.0, mode=slow_cpu.name)
+        seen = Scripted(Action())
+        result = run_policy(scenario, seen)
+        waits[workers] = np.mean([o.training["train"].data_wait_fraction for o in seen.seen[2:]])
+        rates[workers] = result.training_samples_per_s
+    assert waits[0] > 0.2 and waits[1] > 0.1, waits
+    assert waits[8] < 0.05, waits
+    assert rates[8] > 2 * rates[1] and rates[1] > rates[0], rates

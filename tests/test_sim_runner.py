@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
+import yaml
 
 from cotrain.config import load_config, parse_config
 from cotrain.control import Action, InferenceChange, Observation
@@ -157,3 +159,31 @@ def test_scenario_from_config_maps_an_experiment() -> None:
     assert result.arrived == result.served + result.shed > 0
     quickstart = scenario_from_config(load_config(REPO / "experiments" / "quickstart.yaml"))
     assert quickstart.mode == "MODE_30W"  # no mode configured: the board's default
+
+
+def test_a_trace_is_replayed_request_for_request(tmp_path: Any) -> None:
+    """The simulator takes a trace's arrivals from the real service's `arrival_offsets_s`: the
+    same requests at the same offsets, looped and scaled as a real run would replay them."""
+    from cotrain.workloads.inference.arrivals import arrival_offsets_s
+
+    trace = tmp_path / "arrivals.csv"
+    offsets = [0.0, 0.01, 0.011, 0.5, 0.52, 0.9, 2.0, 2.001, 2.002, 3.5]
+    trace.write_text("arrival_s\n" + "".join(f"{100.0 + t}\n" for t in offsets), encoding="utf-8")
+    data: dict[str, Any] = yaml.safe_load(yaml.safe_dump(TINY))
+    data["duration_s"] = 12.0
+    data["workloads"]["inference"]["arrivals"] = {
+        "process": "trace",
+        "path": str(trace),
+        "loop": True,
+        "time_scale": 0.5,
+    }
+    config = parse_config(data)
+    scenario = scenario_from_config(config)
+    assert scenario.arrivals.process == "replay"
+    result = sim_static(scenario)
+    real = config.workloads.inference_services()[0].config.arrivals
+    assert real is not None
+    expected = [t for t in itertools.takewhile(lambda t: t < 12.0, arrival_offsets_s(real))]
+    assert len(expected) > 3 * len(offsets), "looped: more requests than one pass of the trace"
+    assert result.arrivals_s.tolist() == pytest.approx(expected)
+    assert result.arrived == len(expected) == result.served + result.shed

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -43,6 +44,21 @@ def test_steps_are_recorded_and_loss_is_real(tmp_path: Path) -> None:
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert all(int(r["samples"]) == 8 and float(r["loss"]) > 0 for r in rows)
     assert all(float(r["step_ms"]) > 0 for r in rows)
+
+
+def test_the_window_reports_the_time_spent_waiting_for_data(tmp_path: Path) -> None:
+    """The data_ms of the steps, summed over the window: what a controller reads to see that
+    the loader keeps training waiting."""
+    trainer, channel = make_trainer(tmp_path)
+    for _ in range(3):
+        trainer.train_step()
+    trainer._send_stats()
+    trainer.writer.close()
+    rows = read_csv_rows(tmp_path / "train-cl.csv")
+    stats = channel.of_type(TrainingStats)[-1]
+    assert stats.steps == 3
+    assert stats.data_wait_ms == pytest.approx(sum(float(r["data_ms"]) for r in rows), abs=0.01)
+    assert stats.data_wait_ms > 0
 
 
 def test_dataloader_workers_change_at_the_next_step(tmp_path: Path) -> None:

@@ -15,7 +15,13 @@ What it models, and why each piece is there:
   it is lowered (or `gate_max_wait_ms` passes). A minibatch already running is not preempted;
 - training minibatches back to back; the dataloader's workers prepare batches on CPU cores in
   parallel (prefetching 2 per worker, as PyTorch does), so too few workers stall the GPU step.
-  With 0 workers the main process loads each batch before its step.
+  With 0 workers the main process loads each batch before its step. Time spent waiting for data
+  is counted per job (`WindowStats.train_data_wait_s`);
+- CPU contention: every process with work at the current knobs (the inference process, each
+  running training job's main process and its loader workers) wants a core; when they
+  outnumber the online cores, each gets an even share (`model.cpu_share`), which slows
+  host-side launch work, the CPU part of each step and data loading alike. Threads inside a
+  process are not modelled (a process counts as one core's demand).
 
 Work is fluid between events: each running job has a remaining fraction of its solo duration at
 the current mode and progresses at its share of the GPU. Events are arrivals that complete a
@@ -30,6 +36,7 @@ waiting when the run stops).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +45,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from cotrain.config import ArrivalsConfig
 from cotrain.control import Knobs
-from cotrain.sim.model import DeviceModel, InferenceSpeed, TrainingSpeed, cpu_factor, loader_parallelism
+from cotrain.sim.model import DeviceModel, InferenceSpeed, TrainingSpeed, cpu_share
 from cotrain.sim.modes import SimMode
+from cotrain.workloads.inference.arrivals import arrival_offsets_s
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -56,12 +65,16 @@ _NOISE_CHUNK = 4096
 
 @dataclass(frozen=True)
 class ArrivalSpec:
-    """Arrivals: constant (evenly spaced) or Poisson, at piecewise-constant rates.
+    """Arrivals: constant (evenly spaced) or Poisson, at piecewise-constant rates, or `replay`:
+    exactly the offsets the real service's `arrival_offsets_s` generates for `source` (a trace
+    file, or any configured process), so a simulated run sees the requests a real run would.
 
-    `steps` lists (at_s, rate_per_s), the first at 0 s; a rate holds until the next step."""
+    `steps` lists (at_s, rate_per_s), the first at 0 s; a rate holds until the next step (for a
+    replay, one step at the source's mean rate, which only `rate_at` reads)."""
 
-    process: Literal["constant", "poisson"] = "poisson"
+    process: Literal["constant", "poisson", "replay"] = "poisson"
     steps: tuple[tuple[float, float], ...] = ((0.0, 100.0),)
+    source: ArrivalsConfig | None = None
 
     def __post_init__(self) -> None:
         times = [at for at, _ in self.steps]
@@ -69,6 +82,8 @@ class ArrivalSpec:
             raise ValueError("steps must start at 0 s and have strictly increasing times")
         if any(rate < 0 for _, rate in self.steps):
             raise ValueError("rates must be >= 0")
+        if (self.process == "replay") != (self.source is not None):
+            raise ValueError("a replay, and only a replay, has a source")
 
     @classmethod
     def constant(cls, rate_per_s: float) -> ArrivalSpec:
@@ -78,6 +93,11 @@ class ArrivalSpec:
     def poisson(cls, rate_per_s: float) -> ArrivalSpec:
         return cls("poisson", ((0.0, rate_per_s),))
 
+    @classmethod
+    def replay(cls, source: ArrivalsConfig, duration_s: float) -> ArrivalSpec:
+        times = _replayed_s(source, duration_s)
+        return cls("replay", ((0.0, len(times) / duration_s if duration_s > 0 else 0.0),), source)
+
     def rate_at(self, t_s: float) -> float:
         rate = self.steps[0][1]
         for at, r in self.steps:
@@ -86,9 +106,17 @@ class ArrivalSpec:
         return rate
 
 
+def _replayed_s(source: ArrivalsConfig, duration_s: float) -> FloatArray:
+    offsets = arrival_offsets_s(source)
+    return np.fromiter(itertools.takewhile(lambda t: t < duration_s, offsets), dtype=float)
+
+
 def arrival_times_s(spec: ArrivalSpec, duration_s: float, seed: int) -> FloatArray:
     """Sorted arrival times in [0, duration_s). Poisson gaps are drawn in bulk per step; at a
-    rate change the pending gap is dropped (the process is memoryless), as in arrivals.py."""
+    rate change the pending gap is dropped (the process is memoryless), as in arrivals.py. A
+    replay takes the real service's offsets (its own seed, not `seed`)."""
+    if spec.source is not None:
+        return _replayed_s(spec.source, duration_s)
     rng = np.random.default_rng(seed)
     pieces: list[FloatArray] = []
     bounds = [*(at for at, _ in spec.steps), math.inf]
@@ -155,6 +183,8 @@ class WindowStats:
     cpu_busy_cores: float
     power_w: float
     rails_w: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+    train_data_wait_s: Mapping[str, float] = field(default_factory=dict)  # waiting for data
+    cpu_share: float = 1.0  # of a core, for each process wanting one, at the window's end
 
     @property
     def window_s(self) -> float:
@@ -197,10 +227,11 @@ class _Job:
         self.tokens = 0.0
         self.token_rate = 0.0  # batches/s the workers produce
         self.token_cap = 0.0
-        self.parallel = 0
+        self.parallel = 0.0  # cores the loader workers get, together
         self.total_steps = 0
         self.w_steps = 0
         self.w_samples = 0
+        self.w_data_wait_s = 0.0
 
 
 class Engine:
@@ -244,6 +275,7 @@ class Engine:
         self._inf_start = 0.0
         self._inf_intensity = 1.0
         self.jobs = [_Job(s) for s in training]
+        self._cpu_share = 1.0
         self._rng = np.random.default_rng([seed, 1])
         self._noise: list[float] = []
         self._reset_window()
@@ -254,15 +286,12 @@ class Engine:
     def set_knobs(self, knobs: Knobs, mode: SimMode) -> None:
         """Apply knob settings now. Batching changes affect the next dispatch, a training batch
         size the next step; a mode change rescales the work in flight to the new speed."""
-        old_mode = self.mode
+        old_mode, old_share = self.mode, self._cpu_share
         self.mode = mode
         if knobs.inference is not None:
             capacity = self.inference.queue_capacity if self.inference else 1
             self._max_batch = max(1, min(knobs.inference.max_batch_size, capacity))
             self._delay_s = knobs.inference.max_queue_delay_ms / 1000.0
-        if self._inf_busy and mode != old_mode and self.inference is not None:
-            n = len(self._inf_members)
-            self._inf_dur = self.inference.speed.batch_s(n, mode, self.device.mix) * self._inf_noise
         for job in self.jobs:
             k = knobs.training.get(job.name)
             if k is not None:
@@ -272,10 +301,18 @@ class Engine:
                 job.gate_policy = k.gate_policy
                 job.gate_max_wait_s = None if k.gate_max_wait_ms is None else k.gate_max_wait_ms / 1000.0
                 job.duty_cycle = k.duty_cycle
-            if job.phase == _Phase.RUN and mode != old_mode:
-                job.dur_s = job.speed.step_s(job.step_batch, mode, self.device.mix) * job.noise
-            if job.phase == _Phase.LOAD and mode != old_mode:
-                job.phase_end = self.t + (job.phase_end - self.t) * cpu_factor(mode) / cpu_factor(old_mode)
+        self._cpu_share = cpu_share(mode.cores, self._runnable())
+        share = self._cpu_share
+        slower = mode != old_mode or share != old_share
+        if self._inf_busy and slower and self.inference is not None:
+            n = len(self._inf_members)
+            self._inf_dur = self.inference.speed.batch_s(n, mode, self.device.mix, share) * self._inf_noise
+        for job in self.jobs:
+            if job.phase == _Phase.RUN and slower:
+                job.dur_s = job.speed.step_s(job.step_batch, mode, self.device.mix, share) * job.noise
+            if job.phase == _Phase.LOAD and slower:
+                ratio = job.speed.load_s(1, mode, share) / job.speed.load_s(1, old_mode, old_share)
+                job.phase_end = self.t + (job.phase_end - self.t) * ratio
             self._set_loader(job)
             if job.phase == _Phase.PAUSED and not job.paused:
                 self._boundary(job)
@@ -286,9 +323,14 @@ class Engine:
             elif job.phase == _Phase.DATA:
                 job.phase_end = self._data_ready_at(job)
 
+    def _runnable(self) -> int:
+        """Processes that want a core at these knobs: inference, and each running job's main
+        process with its loader workers."""
+        running = [j for j in self.jobs if not j.paused]
+        return (1 if self.inference is not None else 0) + sum(1 + j.num_workers for j in running)
+
     def _set_loader(self, job: _Job) -> None:
-        busy_processes = 1 + (1 if self.inference is not None else 0)
-        job.parallel = loader_parallelism(job.num_workers, self.mode, busy_processes)
+        job.parallel = job.num_workers * self._cpu_share if job.num_workers > 0 else 0.0
         load_s = job.speed.load_s(job.batch_size, self.mode)
         job.token_rate = job.parallel / load_s if job.parallel and load_s > 0 else 0.0
         job.token_cap = float(PREFETCH_PER_WORKER * job.num_workers)
@@ -370,7 +412,9 @@ class Engine:
             self._inf_members = members
             self._inf_start = self.t
             self._inf_noise = self._draw_noise()
-            self._inf_dur = speed.batch_s(len(members), self.mode, self.device.mix) * self._inf_noise
+            self._inf_dur = (
+                speed.batch_s(len(members), self.mode, self.device.mix, self._cpu_share) * self._inf_noise
+            )
             self._inf_frac = 1.0
             self._inf_intensity = speed.intensity(len(members))
 
@@ -402,7 +446,7 @@ class Engine:
     def _after_gate(self, job: _Job) -> None:
         if job.num_workers <= 0:
             job.phase = _Phase.LOAD
-            job.phase_end = self.t + job.speed.load_s(job.batch_size, self.mode)
+            job.phase_end = self.t + job.speed.load_s(job.batch_size, self.mode, self._cpu_share)
         elif job.tokens >= 1.0 - _EPS:
             job.tokens = max(0.0, job.tokens - 1.0)
             self._start_step(job)
@@ -420,7 +464,7 @@ class Engine:
         job.step_batch = job.batch_size
         job.step_started = self.t
         job.noise = self._draw_noise()
-        job.dur_s = job.speed.step_s(job.batch_size, self.mode, self.device.mix) * job.noise
+        job.dur_s = job.speed.step_s(job.batch_size, self.mode, self.device.mix, self._cpu_share) * job.noise
         job.frac_left = 1.0
 
     def _complete_step(self, job: _Job) -> None:
@@ -476,6 +520,8 @@ class Engine:
                 gpu_on = True
             elif job.phase == _Phase.LOAD:
                 cpu += 1.0
+            if job.phase in (_Phase.LOAD, _Phase.DATA):
+                job.w_data_wait_s += dt
             if job.token_rate > 0 and job.tokens < job.token_cap:
                 # the workers are busy only until the prefetch buffer is full
                 filling_s = min(dt, (job.token_cap - job.tokens) / job.token_rate)
@@ -576,12 +622,13 @@ class Engine:
         for job in getattr(self, "jobs", []):
             job.w_steps = 0
             job.w_samples = 0
+            job.w_data_wait_s = 0.0
 
     def take_window(self) -> WindowStats:
         """Statistics since the last call (or the start), then start a new window."""
         span = max(self.t - self._w_start, 1e-12)
         activity = self._w_activity / span
-        cpu_busy = self._w_cpu / span
+        cpu_busy = min(self._w_cpu / span, float(self.mode.cores))
         rails = self.device.power.rails_w(self.mode, activity, cpu_busy, self.device.mix)
         lat = np.concatenate(self._w_latencies) if self._w_latencies else np.zeros(0)
         stats = WindowStats(
@@ -603,6 +650,8 @@ class Engine:
             cpu_busy_cores=cpu_busy,
             power_w=float(sum(rails)),
             rails_w=rails,
+            train_data_wait_s={j.name: j.w_data_wait_s for j in self.jobs},
+            cpu_share=self._cpu_share,
         )
         self._reset_window()
         return stats

@@ -106,21 +106,32 @@ class SpeedMix:
     def fixed(self) -> float:
         return 1.0 - self.gpu - self.mem - self.cpu
 
-    def factor(self, mode: SimMode) -> float:
-        """t(mode) / t(MAXN)."""
+    def factor(self, mode: SimMode, cpu_share: float = 1.0) -> float:
+        """t(mode) / t(MAXN), with the process's host thread getting `cpu_share` of a core."""
         ref = REF_MODE
         gpu = (ref.gpu_mhz * ref.gpu_tpcs) / (mode.gpu_mhz * mode.gpu_tpcs)
         return (
             self.fixed
             + self.gpu * gpu
             + self.mem * ref.emc_mhz / mode.emc_mhz
-            + self.cpu * ref.cpu_mhz / mode.cpu_mhz
+            + self.cpu * ref.cpu_mhz / mode.cpu_mhz / cpu_share
         )
 
 
-def cpu_factor(mode: SimMode) -> float:
-    """Time of host-side (one-thread) work at `mode` relative to MAXN."""
-    return REF_MODE.cpu_mhz / mode.cpu_mhz
+def cpu_factor(mode: SimMode, cpu_share: float = 1.0) -> float:
+    """Time of host-side (one-thread) work at `mode` relative to MAXN, for a thread that gets
+    `cpu_share` of a core."""
+    return REF_MODE.cpu_mhz / mode.cpu_mhz / cpu_share
+
+
+def cpu_share(cores: int, runnable: float) -> float:
+    """The fraction of a core each runnable process gets: Linux's scheduler shares the online
+    cores out evenly once more processes want a core than there are. Why it matters: a mode with
+    one online core is cheap in power, and without this its seven processes (inference, training,
+    five loader workers) would run as if each had a core of its own."""
+    if runnable <= cores or runnable <= 0:
+        return 1.0
+    return cores / runnable
 
 
 @dataclass(frozen=True)
@@ -131,9 +142,11 @@ class InferenceSpeed:
     launch_ms: float  # per batch: host-side launch and framework overhead
     per_sample_ms: float  # per image: GPU work
 
-    def batch_s(self, batch: int, mode: SimMode, mix: SpeedMix) -> float:
-        """Solo execution time of one batch of `batch` images at `mode`."""
-        return (self.launch_ms * cpu_factor(mode) + batch * self.per_sample_ms * mix.factor(mode)) / 1000.0
+    def batch_s(self, batch: int, mode: SimMode, mix: SpeedMix, cpu_share: float = 1.0) -> float:
+        """Solo execution time of one batch of `batch` images at `mode` (the GPU to itself; the
+        host thread at `cpu_share` of a core)."""
+        launch = self.launch_ms * cpu_factor(mode, cpu_share)
+        return (launch + batch * self.per_sample_ms * mix.factor(mode, cpu_share)) / 1000.0
 
     def intensity(self, batch: int) -> float:
         """GPU activity of a batch (0..1): the share of its time spent in dense per-image work.
@@ -152,20 +165,13 @@ class TrainingSpeed:
     fixed_fraction: float  # of step_ms that does not grow with the batch size
     loader_ms_per_sample: float  # dataloader CPU time per sample on one core at MAXN's CPU clock
 
-    def step_s(self, batch: int, mode: SimMode, mix: SpeedMix) -> float:
+    def step_s(self, batch: int, mode: SimMode, mix: SpeedMix, cpu_share: float = 1.0) -> float:
         scale = self.fixed_fraction + (1.0 - self.fixed_fraction) * batch / self.ref_batch
-        return self.step_ms * scale * mix.factor(mode) / 1000.0
+        return self.step_ms * scale * mix.factor(mode, cpu_share) / 1000.0
 
-    def load_s(self, batch: int, mode: SimMode) -> float:
-        """CPU time one worker needs to prepare one minibatch."""
-        return self.loader_ms_per_sample * batch * cpu_factor(mode) / 1000.0
-
-
-def loader_parallelism(num_workers: int, mode: SimMode, busy_processes: int) -> int:
-    """Workers that really run at once: no more than the cores the main processes leave free."""
-    if num_workers <= 0:
-        return 0
-    return max(1, min(num_workers, mode.cores - busy_processes))
+    def load_s(self, batch: int, mode: SimMode, cpu_share: float = 1.0) -> float:
+        """Time one worker (or the main process) needs to prepare one minibatch."""
+        return self.loader_ms_per_sample * batch * cpu_factor(mode, cpu_share) / 1000.0
 
 
 @dataclass(frozen=True)

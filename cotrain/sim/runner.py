@@ -173,6 +173,7 @@ def _observation(
                 total_steps=w.train_total_steps[job],
                 last_loss=None,
                 paused=w.train_paused[job],
+                data_wait_ms=w.train_data_wait_s.get(job, 0.0) * 1000.0,
             )
         ]
         for job in w.train_steps

@@ -18,6 +18,7 @@ from cotrain.config import (
     ExperimentConfig,
     PoissonArrivalsConfig,
     RateScheduleArrivalsConfig,
+    TraceArrivalsConfig,
 )
 from cotrain.control import InferenceKnobs, Knobs, TrainingKnobs
 from cotrain.sim.engine import ArrivalSpec
@@ -111,6 +112,8 @@ def _arrivals(config: ExperimentConfig) -> ArrivalSpec:
         return ArrivalSpec(
             "poisson" if a.poisson else "constant", tuple((s.at_s, s.rate_per_s) for s in a.steps)
         )
+    if isinstance(a, TraceArrivalsConfig):
+        return ArrivalSpec.replay(a, _duration_s(config))
     if isinstance(a, BurstyArrivalsConfig):
         period = a.on_s + a.off_s
         steps: list[tuple[float, float]] = []
@@ -120,7 +123,7 @@ def _arrivals(config: ExperimentConfig) -> ArrivalSpec:
     if a is None:
         raise ValueError("the simulator generates its own requests: give the service `arrivals`")
     raise ValueError(
-        f"arrival process {a.process!r} is not simulated (constant, poisson, schedule, bursty are)"
+        f"arrival process {a.process!r} is not simulated (constant, poisson, schedule, bursty, trace are)"
     )
 
 
@@ -158,7 +161,8 @@ def scenario_from_config(config: ExperimentConfig, *, board: str = DEFAULT_BOARD
     duration, the power mode and the controller's period. Not simulated (ignored): threads and
     CPU placement, model instances, variant precision (a variant counts as its architecture),
     further inference services, federated/continual specifics (they train like plain SGD).
-    Raises ValueError for a trace arrival process and for unknown models."""
+    A trace is replayed through the real service's arrival offsets. Raises ValueError for
+    unknown models."""
     training = tuple(
         SimTrainingJob(
             name=j.name,

@@ -102,6 +102,7 @@ class Trainer:
         self._loader: DataLoader[Any] | None = None
         self._window_steps = 0
         self._window_samples = 0
+        self._window_data_wait_ms = 0.0
         self._last_loss: float | None = None
 
     # --- data ----------------------------------------------------------------------------------
@@ -193,9 +194,11 @@ class Trainer:
                 total_steps=self.step,
                 last_loss=self._last_loss,
                 paused=self.paused,
+                data_wait_ms=self._window_data_wait_ms,
             )
         )
         self._window_steps = self._window_samples = 0
+        self._window_data_wait_ms = 0.0
 
     def _yield_to_inference(self) -> float:
         """With policy `yield`, wait while inference is busy. Returns the wait in ms."""
@@ -244,6 +247,7 @@ class Trainer:
         self._last_loss = float(loss.detach())
         self._window_steps += 1
         self._window_samples += samples
+        self._window_data_wait_ms += (t_start_ns - t_data_ns) / NS_PER_MS
         self.writer.write_rows(
             [
                 (
