@@ -2,9 +2,23 @@
 
 Each controller runs the scenario as a real `cotrain run` (a fresh process tree, so no run
 inherits warm caches or leftover threads from another), then an exhaustive static oracle tries
-every configuration of the scenario's `bench.oracle` grid and keeps the best one that meets the
-SLO. Rows are computed from each run's own records (summary.json, decisions.jsonl,
-telemetry.csv), so `D/runs/<name>/` holds the evidence behind every figure in `D/bench.json`.
+every configuration of the scenario's `bench.oracle` grid (the product of every list it
+declares: batch size, queue delay, gate, loader workers, threads, CPU sets, variant) and keeps
+the best one that meets the SLO. Rows are computed from each run's own records (summary.json,
+decisions.jsonl, telemetry.csv, requests.csv), so `D/runs/<name>/` holds the evidence behind
+every figure in `D/bench.json`.
+
+Two reference rows bound what any controller can reach: `training-alone` (the training jobs
+with no inference) and `inference-alone` (the services with no training). Every row's
+`limit_ratio` is its training samples/s / (training-alone samples/s x (1 - the row's inference
+busy fraction, from its batches' execution times)): 1.0 is the physical limit of sharing the
+device, whatever the controller. `oracle_ratio` is the row's training throughput over the
+oracle's.
+
+On a machine whose speed drifts, one run of a row is a draw, not a figure: with `repeats` K
+every row (oracle grid points included) runs K times, interleaved (round r runs every row once,
+in an order rotated by r, so drift spreads over all rows alike), and the row reports the median
+with the min-max range and every repeat.
 
 `configs_profiled` counts the distinct knob configurations a controller applied during its run
 (from decisions.jsonl): one for a policy that never changes anything, the number it tried for a
@@ -18,7 +32,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +48,10 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 
+TRAINING_ALONE = "training-alone"
+INFERENCE_ALONE = "inference-alone"
+
+
 @dataclass(frozen=True)
 class BenchRow:
     controller: str
@@ -45,6 +63,11 @@ class BenchRow:
     power_w: float | None
     run_dir: str
     detail: str = ""
+    inference_busy: float | None = None  # share of the run a batch was executing
+    limit_ratio: float | None = None
+    oracle_ratio: float | None = None
+    training_samples_per_s_range: tuple[float, float] | None = None  # min, max over the repeats
+    repeats: tuple[dict[str, Any], ...] = ()
 
 
 def row_from_run(controller: str, run_dir: Path, target: float, detail: str = "") -> BenchRow:
@@ -63,6 +86,7 @@ def row_from_run(controller: str, run_dir: Path, target: float, detail: str = ""
     decisions = read_jsonl(run_dir / "decisions.jsonl")
     configs = {json.dumps(d.get("knobs"), sort_keys=True) for d in decisions if d.get("knobs") is not None}
     powers = [float(r["power_w"]) for r in read_csv_rows(run_dir / "telemetry.csv") if r.get("power_w")]
+    duration_s = float((summary.get("run") or {}).get("duration_s") or 0.0)
     return BenchRow(
         controller=controller,
         slo_attainment=attainment,
@@ -75,7 +99,86 @@ def row_from_run(controller: str, run_dir: Path, target: float, detail: str = ""
         power_w=round(sum(powers) / len(powers), 3) if powers else None,
         run_dir=str(run_dir),
         detail=detail,
+        inference_busy=inference_busy(read_csv_rows(run_dir / "requests.csv"), duration_s)
+        if inference
+        else None,
     )
+
+
+def inference_busy(requests: Sequence[dict[str, str]], duration_s: float) -> float | None:
+    """The share of the run some batch was executing, from requests.csv: the requests of one
+    batch share its start and end, so each distinct (start, end) is one execution. Overlapping
+    executions (several instances) count once, as the device was busy either way."""
+    if duration_s <= 0:
+        return None
+    spans = sorted(
+        {(float(r["start_s"]), float(r["end_s"])) for r in requests if r.get("start_s") and r.get("end_s")}
+    )
+    busy_s = 0.0
+    reach = -float("inf")
+    for start, end in spans:
+        start = max(start, reach)
+        if end > start:
+            busy_s += end - start
+        reach = max(reach, end)
+    return round(min(1.0, busy_s / duration_s), 6)
+
+
+def with_ratios(rows: Sequence[BenchRow], alone: BenchRow | None, oracle: BenchRow | None) -> list[BenchRow]:
+    """Every row with its limit ratio (against training alone, in the time inference leaves) and
+    its ratio to the oracle's training throughput."""
+    out = []
+    for r in rows:
+        limit = None
+        if alone is not None and alone.training_samples_per_s > 0 and r.training_samples_per_s > 0:
+            left = 1.0 - (r.inference_busy or 0.0)
+            if left > 0:
+                limit = round(r.training_samples_per_s / (alone.training_samples_per_s * left), 4)
+        ratio = None
+        if oracle is not None and oracle.training_samples_per_s > 0:
+            ratio = round(r.training_samples_per_s / oracle.training_samples_per_s, 4)
+        out.append(replace(r, limit_ratio=limit, oracle_ratio=ratio))
+    return out
+
+
+def median_row(runs: Sequence[BenchRow], target: float) -> BenchRow:
+    """One row from its repeats: the median of every figure, the min-max of training throughput,
+    and each repeat's own figures; the run directory is the repeat nearest the median."""
+    if len(runs) == 1:
+        only = runs[0]
+        return replace(only, repeats=(_repeat_json(only),))
+
+    def med(values: Sequence[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(float(np.median(present)), 6) if present else None
+
+    training = [r.training_samples_per_s for r in runs]
+    mid = float(np.median(training))
+    nearest = min(runs, key=lambda r: abs(r.training_samples_per_s - mid))
+    attainment = med([r.slo_attainment for r in runs])
+    return replace(
+        nearest,
+        slo_attainment=attainment,
+        latency_ms_p99=med([r.latency_ms_p99 for r in runs]),
+        training_samples_per_s=round(mid, 3),
+        configs_profiled=int(np.median([r.configs_profiled for r in runs])),
+        meets_slo=attainment is not None and attainment >= target,
+        power_w=med([r.power_w for r in runs]),
+        inference_busy=med([r.inference_busy for r in runs]),
+        training_samples_per_s_range=(min(training), max(training)),
+        repeats=tuple(_repeat_json(r) for r in runs),
+    )
+
+
+def _repeat_json(row: BenchRow) -> dict[str, Any]:
+    return {
+        "training_samples_per_s": row.training_samples_per_s,
+        "slo_attainment": row.slo_attainment,
+        "latency_ms_p99": row.latency_ms_p99,
+        "inference_busy": row.inference_busy,
+        "power_w": row.power_w,
+        "run_dir": row.run_dir,
+    }
 
 
 def best_static(rows: Sequence[BenchRow]) -> BenchRow | None:
@@ -86,22 +189,81 @@ def best_static(rows: Sequence[BenchRow]) -> BenchRow | None:
     return max(rows, key=lambda r: r.slo_attainment or 0.0) if rows else None
 
 
+def oracle_points(bench: BenchConfig) -> list[dict[str, Any]]:
+    """Every point of the oracle's joint grid, as {knob: value} over the lists the scenario
+    declares (a knob it leaves out keeps the scenario's own setting)."""
+    grid = bench.oracle
+    axes: list[tuple[str, Sequence[Any]]] = [
+        ("max_batch_size", grid.max_batch_size),
+        ("gate_policy", grid.gate_policy),
+    ]
+    for knob in ("max_queue_delay_ms", "num_workers", "threads", "cpus", "variant"):
+        values = getattr(grid, knob)
+        if values is not None:
+            axes.append((knob, values))
+    return [dict(zip([k for k, _ in axes], point, strict=True)) for point in product(*(v for _, v in axes))]
+
+
+def describe_point(point: dict[str, Any]) -> str:
+    parts = [f"b={point['max_batch_size']}", f"gate {point['gate_policy']}"]
+    names = {"max_queue_delay_ms": "delay {} ms", "num_workers": "workers {}", "threads": "threads {}"}
+    for knob, form in names.items():
+        if knob in point:
+            parts.append(form.format(point[knob]))
+    if "cpus" in point:
+        parts.append(f"cpus {','.join(str(c) for c in point['cpus'])}")
+    if "variant" in point:
+        parts.append(str(point["variant"]))
+    return ", ".join(parts)
+
+
 def oracle_grid(config: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
-    """(label, config as plain data) for every static configuration of the oracle grid."""
+    """(label, config as plain data) for every static configuration of the oracle grid. Queue
+    delay and variant apply to every inference service; loader workers, threads and the CPU set
+    to every training job (the services keep their own placement)."""
     bench = config.bench or BenchConfig()
     base = yaml.safe_load(dump_config(config))
     grid = []
-    for b, gate in product(bench.oracle.max_batch_size, bench.oracle.gate_policy):
+    for point in oracle_points(bench):
         data = copy.deepcopy(base)
         data["controller"] = {"name": "static", "period_s": 1.0}
         data.pop("bench", None)
+        b = point["max_batch_size"]
         for service in _inference_configs(data):
             service["batching"]["max_batch_size"] = b
             service["queue_capacity"] = max(service.get("queue_capacity", b), b)
+            if "max_queue_delay_ms" in point:
+                service["batching"]["max_queue_delay_ms"] = point["max_queue_delay_ms"]
+            if "variant" in point:
+                variants = service.get("variants") or []
+                service["variants"] = [point["variant"], *[v for v in variants if v != point["variant"]]]
         for job in data["workloads"].get("training", []):
-            job["interleave"] = {"policy": gate, "max_wait_ms": None}
-        grid.append((f"b={b}, gate {gate}", with_ingress(data, bench.ingress)))
+            job["interleave"] = {"policy": point["gate_policy"], "max_wait_ms": None}
+            for knob in ("num_workers", "threads", "cpus"):
+                if knob in point:
+                    job[knob] = point[knob]
+        grid.append((describe_point(point), with_ingress(data, bench.ingress)))
     return grid
+
+
+def alone_configs(config: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
+    """The reference rows: the training jobs without inference, the services without training,
+    each with the scenario's own settings and a static controller."""
+    rows = []
+    base = yaml.safe_load(dump_config(config))
+    base["controller"] = {"name": "static", "period_s": base["controller"].get("period_s", 1.0)}
+    base.pop("bench", None)
+    if base["workloads"].get("training"):
+        training = copy.deepcopy(base)
+        training["workloads"]["inference"] = None
+        training["workloads"]["services"] = []
+        rows.append((TRAINING_ALONE, training))
+    if _inference_configs(base):
+        inference = copy.deepcopy(base)
+        inference["workloads"]["training"] = []
+        protocol = config.bench.ingress if config.bench else None
+        rows.append((INFERENCE_ALONE, with_ingress(inference, protocol)))
+    return rows
 
 
 def _inference_configs(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,6 +335,26 @@ class BenchError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One row's run: the row name, its run directory's name, the config and how long."""
+
+    row: str
+    directory: str
+    data: dict[str, Any]
+    duration_s: float
+    detail: str = ""
+
+
+def run_order(plans: Sequence[_Plan], round_index: int) -> list[_Plan]:
+    """Round r runs every plan once, rotated by r: across rounds each row runs early and late,
+    so the machine's drift does not always fall on the same rows."""
+    if not plans:
+        return []
+    k = round_index % len(plans)
+    return [*plans[k:], *plans[:k]]
+
+
 def run_bench(
     config: ExperimentConfig,
     out: Path,
@@ -182,8 +364,10 @@ def run_bench(
     controllers: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
     show_progress: bool = True,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Run every controller and the oracle grid; write bench.json, bench.md and the plots.
+    """Run every controller, the reference rows and the oracle grid `repeats` times, interleaved;
+    write bench.json, bench.md and the plots.
 
     `progress` gets one line per run (the CLI prints them); `show_progress` adds a live bar on
     stderr over all the runs, since a bench takes minutes and each run is silent until it ends."""
@@ -192,51 +376,59 @@ def run_bench(
     unknown = sorted(set(names) - set(BENCH_CONTROLLERS))
     if unknown:
         raise BenchError(f"unknown controller(s) {', '.join(unknown)}; known: {', '.join(BENCH_CONTROLLERS)}")
+    if repeats < 1:
+        raise BenchError("--repeats must be at least 1")
     run_s = bench.run_duration_s or config.duration_s
     if run_s is None:
         raise BenchError(f"{scenario}: give duration_s or bench.run_duration_s: a bench run has an end")
     oracle_s = bench.oracle_run_duration_s or run_s
-    grid = oracle_grid(config)
     primary = config.workloads.primary_inference()
-    total = len(names) + len(grid)
-    rows: list[BenchRow] = []
+    plans = [_Plan(name, name, controller_config(config, name), run_s) for name in names]
+    plans += [_Plan(name, name, data, run_s) for name, data in alone_configs(config)]
+    grid = oracle_grid(config)
+    plans += [
+        _Plan(f"static ({label})", f"oracle-{i:02d}", data, oracle_s, label)
+        for i, (label, data) in enumerate(grid)
+    ]
+    runs: dict[str, list[BenchRow]] = {p.row: [] for p in plans}
+    total = len(plans) * repeats
     step = 0
-    oracle_rows: list[BenchRow] = []
     with _bench_progress(show_progress) as bar:
         task = bar.add_task("starting", total=total)
-        for name in names:
-            step += 1
-            if progress:
-                progress(f"[{step}/{total}] {name}, {run_s:g} s")
-            bar.update(task, description=f"{name}, {run_s:g} s")
-            run_dir = out / "runs" / name
-            run_one(controller_config(config, name), run_dir, run_s)
-            rows.append(row_from_run(name, run_dir, bench.slo_attainment_target))
-            bar.advance(task)
-        for i, (label, data) in enumerate(grid):
-            step += 1
-            if progress:
-                progress(f"[{step}/{total}] oracle grid: {label}, {oracle_s:g} s")
-            bar.update(task, description=f"oracle grid: {label}, {oracle_s:g} s")
-            run_dir = out / "runs" / f"oracle-{i:02d}"
-            run_one(data, run_dir, oracle_s)
-            oracle_rows.append(row_from_run(f"static ({label})", run_dir, bench.slo_attainment_target, label))
-            bar.advance(task)
+        for r in range(repeats):
+            for plan in run_order(plans, r):
+                step += 1
+                label = plan.row if not plan.detail else f"oracle grid: {plan.detail}"
+                round_note = f", round {r + 1}/{repeats}" if repeats > 1 else ""
+                if progress:
+                    progress(f"[{step}/{total}] {label}, {plan.duration_s:g} s{round_note}")
+                bar.update(task, description=f"{label}, {plan.duration_s:g} s{round_note}")
+                run_dir = out / "runs" / plan.directory
+                if repeats > 1:
+                    run_dir = run_dir / f"rep-{r + 1}"
+                run_one(plan.data, run_dir, plan.duration_s)
+                row = row_from_run(plan.row, run_dir, bench.slo_attainment_target, plan.detail)
+                runs[plan.row].append(row)
+                bar.advance(task)
+    target = bench.slo_attainment_target
+    merged = {name: median_row(rows, target) for name, rows in runs.items()}
+    oracle_rows = [merged[p.row] for p in plans if p.detail]
+    rows = [merged[name] for name in names]
+    rows += [merged[name] for name, _ in alone_configs(config)]
     best = best_static(oracle_rows)
     if best is not None:
         rows.append(
-            BenchRow(
+            replace(
+                best,
                 controller="oracle",
-                slo_attainment=best.slo_attainment,
-                latency_ms_p99=best.latency_ms_p99,
-                training_samples_per_s=best.training_samples_per_s,
                 configs_profiled=len(oracle_rows),
-                meets_slo=best.meets_slo,
-                power_w=best.power_w,
-                run_dir=best.run_dir,
                 detail=f"best static: {best.detail}",
             )
         )
+    alone = merged.get(TRAINING_ALONE)
+    oracle = rows[-1] if best is not None else None
+    rows = with_ratios(rows, alone, oracle)
+    oracle_rows = with_ratios(oracle_rows, alone, oracle)
     result = {
         "scenario": scenario,
         "platform": config.platform.kind,
@@ -244,8 +436,10 @@ def run_bench(
         "slo_attainment_target": bench.slo_attainment_target,
         "slo_ms": primary.config.slo_ms if primary is not None else None,
         "run_duration_s": run_s,
-        "rows": [_row_json(r) for r in rows],
-        "oracle_grid": [_row_json(r) for r in oracle_rows],
+        "repeats": repeats,
+        "oracle_grid_size": len(grid),
+        "rows": [row_json(r) for r in rows],
+        "oracle_grid": [row_json(r) for r in oracle_rows],
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "bench.json", result)
@@ -263,8 +457,11 @@ def _power_budget_w(config: ExperimentConfig) -> float | None:
     return load_power_policy(config.platform.power_policy).power_budget_w
 
 
-def _row_json(row: BenchRow) -> dict[str, Any]:
-    return asdict(row)
+def row_json(row: BenchRow) -> dict[str, Any]:
+    """The row as bench.json holds it (tuples become lists), so the result returned and the file
+    written compare equal."""
+    data: dict[str, Any] = json.loads(json.dumps(asdict(row)))
+    return data
 
 
 def bench_markdown(result: dict[str, Any]) -> str:
@@ -273,30 +470,44 @@ def bench_markdown(result: dict[str, Any]) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
+    repeats = int(result.get("repeats") or 1)
+    each = "ran" if repeats == 1 else f"ran {repeats} times, interleaved (medians, min-max in brackets); it"
     lines = [
         f"# cotrain bench: {result['scenario']} ({result['platform']})",
         "",
-        f"Each controller ran {result['run_duration_s']:g} s. A row meets the SLO when its SLO "
-        f"attainment is at least {result['slo_attainment_target']:g}.",
+        f"Each row {each} {result['run_duration_s']:g} s. A row meets the SLO when its SLO "
+        f"attainment is at least {result['slo_attainment_target']:g}. Limit ratio: training "
+        "samples/s over training-alone's in the time inference leaves (1.0 is the device's limit); "
+        "oracle ratio: over the oracle's.",
         "",
-        "| controller | SLO attainment | p99 (ms) | training samples/s | configs profiled | meets SLO "
-        "| power (W) |",
-        "|---|---|---|---|---|---|---|",
+        "| controller | SLO attainment | p99 (ms) | training samples/s | limit ratio | oracle ratio "
+        "| configs profiled | meets SLO | power (W) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def training(r: dict[str, Any]) -> str:
+        span = r.get("training_samples_per_s_range")
+        text = f"{r['training_samples_per_s']:.1f}"
+        return text + (f" [{span[0]:.1f}-{span[1]:.1f}]" if span else "")
+
     for r in result["rows"]:
         name = r["controller"] + (f" ({r['detail']})" if r["controller"] == "oracle" and r["detail"] else "")
         lines.append(
             f"| {name} | {fmt(r['slo_attainment'], '.3f')} | {fmt(r['latency_ms_p99'], '.0f')} | "
-            f"{r['training_samples_per_s']:.1f} | {r['configs_profiled']} | "
-            f"{'yes' if r['meets_slo'] else 'no'} | {fmt(r['power_w'], '.1f')} |"
+            f"{training(r)} | {fmt(r.get('limit_ratio'), '.3f')} | {fmt(r.get('oracle_ratio'), '.3f')} | "
+            f"{r['configs_profiled']} | {'yes' if r['meets_slo'] else 'no'} | {fmt(r['power_w'], '.1f')} |"
         )
     if result.get("oracle_grid"):
-        lines += ["", "Oracle grid (static configurations):", ""]
-        lines += ["| configuration | SLO attainment | p99 (ms) | training samples/s |", "|---|---|---|---|"]
+        size = result.get("oracle_grid_size", len(result["oracle_grid"]))
+        lines += ["", f"Oracle grid ({size} static configurations):", ""]
+        lines += [
+            "| configuration | SLO attainment | p99 (ms) | training samples/s | limit ratio |",
+            "|---|---|---|---|---|",
+        ]
         for r in result["oracle_grid"]:
             lines.append(
                 f"| {r['detail']} | {fmt(r['slo_attainment'], '.3f')} | {fmt(r['latency_ms_p99'], '.0f')} "
-                f"| {r['training_samples_per_s']:.1f} |"
+                f"| {training(r)} | {fmt(r.get('limit_ratio'), '.3f')} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -852,6 +852,25 @@ class OracleGridConfig(StrictModel):
         min_length=1,
         description="gate policies the oracle tries with each batch size",
     )
+    max_queue_delay_ms: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="queue delays the oracle tries (every service); default: the configured one",
+    )
+    num_workers: list[int] | None = Field(
+        None, min_length=1, description="dataloader workers the oracle tries (every training job)"
+    )
+    threads: list[int] | None = Field(
+        None, min_length=1, description="torch threads the oracle tries (every training job)"
+    )
+    cpus: list[list[int]] | None = Field(
+        None,
+        min_length=1,
+        description="CPU sets the oracle tries (every training job), e.g. [[0], [1], [0, 1]]",
+    )
+    variant: list[str] | None = Field(
+        None, min_length=1, description="variants the oracle serves (every service with a ladder)"
+    )
 
     @field_validator("max_batch_size")
     @classmethod
@@ -859,6 +878,41 @@ class OracleGridConfig(StrictModel):
         if any(not 1 <= b <= 4096 for b in value):
             raise ValueError("batch sizes must be in 1..4096")
         return value
+
+    @field_validator("max_queue_delay_ms")
+    @classmethod
+    def _delays_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0 <= d <= 60_000 for d in value):
+            raise ValueError("queue delays must be in 0..60000 ms")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_in_range(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(not 0 <= n <= 64 for n in value):
+            raise ValueError("loader workers must be in 0..64")
+        return value
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_in_range(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(not 1 <= n <= 256 for n in value):
+            raise ValueError("threads must be in 1..256")
+        return value
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_sets(cls, value: list[list[int]] | None) -> list[list[int]] | None:
+        if value is not None and any(not cpus or min(cpus) < 0 for cpus in value):
+            raise ValueError("each CPU set lists at least one CPU id >= 0")
+        return value
+
+    def size(self) -> int:
+        """How many static configurations the grid holds."""
+        n = len(self.max_batch_size) * len(self.gate_policy)
+        for values in (self.max_queue_delay_ms, self.num_workers, self.threads, self.cpus, self.variant):
+            n *= len(values) if values is not None else 1
+        return n
 
 
 class BenchConfig(StrictModel):

@@ -34,28 +34,40 @@ def scenario(**bench: Any) -> Any:
     return parse_config(data)
 
 
-def fake_device(data: dict[str, Any]) -> tuple[float, float, float]:
-    """(slo_attainment, p99 ms, training samples/s) of a made-up device for one configuration."""
-    b = data["workloads"]["inference"]["batching"]["max_batch_size"]
-    gate = data["workloads"]["training"][0].get("interleave", {}).get("policy", "off")
+def fake_device(data: dict[str, Any]) -> tuple[float | None, float | None, float, float]:
+    """(slo_attainment, p99 ms, training samples/s, inference busy share) of a made-up device for
+    one configuration: inference alone is busy a tenth of the time, training alone does 100/s."""
+    inference = data["workloads"].get("inference")
+    training = data["workloads"].get("training") or []
+    if inference is None:
+        return None, None, 100.0, 0.0
+    b = inference["batching"]["max_batch_size"]
+    if not training:
+        return 1.0, 40.0, 0.0, 0.1
+    gate = training[0].get("interleave", {}).get("policy", "off")
     p99 = 60.0 + 20 * b + (80 if gate == "off" else 0)
     attainment = 1.0 if p99 <= 200 else 0.9
-    return attainment, p99, 50.0 + 5 * b - (12 if gate == "yield" else 0)
+    return attainment, p99, 50.0 + 5 * b - (12 if gate == "yield" else 0), 0.4 - 0.02 * b
 
 
 def fake_run(data: dict[str, Any], out: Path, duration_s: float) -> None:
     out.mkdir(parents=True)
-    attainment, p99, samples = fake_device(data)
-    summary = {
-        "inference": {"slo_ms": 200.0, "slo_attainment": attainment, "latency_ms": {"p99": p99}},
-        "training": {"cl": {"samples_per_s": samples}},
-    }
+    attainment, p99, samples, busy = fake_device(data)
+    summary: dict[str, Any] = {"run": {"duration_s": 10.0}, "training": {"cl": {"samples_per_s": samples}}}
+    if attainment is not None:
+        summary["inference"] = {"slo_ms": 200.0, "slo_attainment": attainment, "latency_ms": {"p99": p99}}
     (out / "summary.json").write_text(json.dumps(summary))
     knobs = [{"inference": {"max_batch_size": n}} for n in (1, 2, 2, 3)]
     if data["controller"]["name"] == "static":
         knobs = knobs[:1]
     (out / "decisions.jsonl").write_text("".join(json.dumps({"knobs": k}) + "\n" for k in knobs))
     (out / "telemetry.csv").write_text("t_s,power_w\n0.5,4.0\n1.0,6.0\n1.5,\n")
+    # two requests per batch, ten batches spread over the 10 s run: busy * 10 s in all
+    lines = ["request_id,start_s,end_s"]
+    for k in range(10):
+        start, end = 100.0 + k, 100.0 + k + busy
+        lines += [f"{2 * k},{start},{end}", f"{2 * k + 1},{start},{end}"]
+    (out / "requests.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_rows_come_from_the_run_records(tmp_path: Path) -> None:
@@ -87,9 +99,18 @@ def test_the_oracle_grid_covers_every_static_configuration() -> None:
 def test_a_bench_writes_json_markdown_and_plots_with_an_oracle_row(tmp_path: Path) -> None:
     result = run_bench(scenario(), tmp_path / "out", "tiny.yaml", run_one=fake_run)
     rows = {r["controller"]: r for r in result["rows"]}
-    assert list(rows) == ["static", "naive", "sequential", "aimd", "adaptive", "oracle"]
+    assert list(rows) == [
+        "static",
+        "naive",
+        "sequential",
+        "aimd",
+        "adaptive",
+        "training-alone",
+        "inference-alone",
+        "oracle",
+    ]
     keys = {"controller", "slo_attainment", "latency_ms_p99", "training_samples_per_s", "configs_profiled"}
-    assert keys | {"meets_slo", "power_w"} <= set(rows["oracle"])
+    assert keys | {"meets_slo", "power_w", "limit_ratio", "oracle_ratio", "repeats"} <= set(rows["oracle"])
     # Meeting the SLO (p99 <= 200 ms): b=2 off (180 ms, 60/s), b=2 and b=4 with yield (100 and
     # 140 ms, 48/s and 58/s). b=4 off and both b=8 break it, although they train faster.
     assert rows["oracle"]["detail"] == "best static: b=2, gate off"
@@ -100,6 +121,86 @@ def test_a_bench_writes_json_markdown_and_plots_with_an_oracle_row(tmp_path: Pat
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["bench-p99.png", "bench-training.png"]
     assert all((tmp_path / "out" / p).stat().st_size > 5_000 for p in pngs)
+
+
+def test_every_row_has_its_limit_ratio_and_oracle_ratio(tmp_path: Path) -> None:
+    result = run_bench(scenario(), tmp_path / "out", "tiny.yaml", run_one=fake_run)
+    rows = {r["controller"]: r for r in result["rows"]}
+    # the oracle (b=2, gate off) trains 60/s while inference is busy 0.36 of the run; alone,
+    # training does 100/s: 60 / (100 x 0.64)
+    assert rows["oracle"]["inference_busy"] == pytest.approx(0.36)
+    assert rows["oracle"]["limit_ratio"] == pytest.approx(60 / 64, abs=1e-4)
+    assert rows["oracle"]["oracle_ratio"] == 1.0
+    assert rows["training-alone"]["limit_ratio"] == 1.0 and rows["training-alone"]["inference_busy"] is None
+    assert rows["inference-alone"]["limit_ratio"] is None and rows["inference-alone"]["oracle_ratio"] == 0.0
+    assert rows["inference-alone"]["slo_attainment"] == 1.0
+    static_b = parse_config(yaml.safe_load(yaml.safe_dump(TINY))).workloads.inference
+    assert static_b is not None
+    b = static_b.batching.max_batch_size
+    assert rows["static"]["oracle_ratio"] == pytest.approx((50 + 5 * b) / 60, abs=1e-4)
+    assert result["oracle_grid_size"] == 6 and len(result["oracle_grid"]) == 6
+    assert "limit ratio" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_repeats_run_every_row_k_times_interleaved_and_report_medians(tmp_path: Path) -> None:
+    order: list[str] = []
+    draws = iter([0.8, 1.0, 1.3] * 100)
+
+    def noisy_run(data: dict[str, Any], out: Path, duration_s: float) -> None:
+        fake_run(data, out, duration_s)
+        order.append(str(out.relative_to(tmp_path / "out" / "runs")))
+        summary = json.loads((out / "summary.json").read_text())
+        summary["training"]["cl"]["samples_per_s"] *= next(draws)
+        (out / "summary.json").write_text(json.dumps(summary))
+
+    result = run_bench(
+        scenario(), tmp_path / "out", "tiny.yaml", run_one=noisy_run, controllers=["static"], repeats=3
+    )
+    rows_per_round = 1 + 2 + 6  # static, the two reference rows, the grid
+    assert len(order) == 3 * rows_per_round
+    rounds = [order[i * rows_per_round : (i + 1) * rows_per_round] for i in range(3)]
+    assert [r[0] for r in rounds] == ["static/rep-1", "training-alone/rep-2", "inference-alone/rep-3"]
+    for i, r in enumerate(rounds):
+        assert all(p.endswith(f"rep-{i + 1}") for p in r) and len(set(p.split("/")[0] for p in r)) == 9
+    rows = {r["controller"]: r for r in result["rows"]}
+    alone = rows["training-alone"]
+    assert len(alone["repeats"]) == 3 and result["repeats"] == 3
+    draws_seen = sorted(x["training_samples_per_s"] for x in alone["repeats"])
+    assert alone["training_samples_per_s"] == draws_seen[1], "the median of the three"
+    assert alone["training_samples_per_s_range"] == [draws_seen[0], draws_seen[2]]
+    assert rows["oracle"]["configs_profiled"] == 6
+    assert "ran 3 times, interleaved" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_the_oracle_grid_is_the_product_of_every_declared_knob() -> None:
+    config = scenario(
+        oracle={
+            "max_batch_size": [2, 4],
+            "gate_policy": ["off"],
+            "max_queue_delay_ms": [5.0, 50.0],
+            "num_workers": [0, 1],
+            "threads": [1],
+            "cpus": [[0], [0, 1]],
+        }
+    )
+    assert config.bench is not None and config.bench.oracle.size() == 16
+    grid = oracle_grid(config)
+    assert len(grid) == 16
+    points = set()
+    for label, d in grid:
+        service = d["workloads"]["inference"]
+        job = d["workloads"]["training"][0]
+        points.add(
+            (
+                service["batching"]["max_batch_size"],
+                service["batching"]["max_queue_delay_ms"],
+                job["num_workers"],
+                tuple(job["cpus"]),
+            )
+        )
+        assert job["threads"] == 1 and "delay" in label and "workers" in label
+        parse_config(d)
+    assert len(points) == 16
 
 
 def test_best_static_falls_back_to_the_safest_when_nothing_meets_the_slo(tmp_path: Path) -> None:
@@ -156,10 +257,15 @@ def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_or
         "sequential",
         "aimd",
         "adaptive",
+        "training-alone",
+        "inference-alone",
         "gradient-search",
         "random-search",
         "oracle",
     ]
+    limits = [r["limit_ratio"] for r in rows.values() if r["controller"] != "inference-alone"]
+    assert all(0 < x <= 1.0 + 1e-9 for x in limits), "no row beats training alone in the fastest mode"
+    assert rows["oracle"]["oracle_ratio"] == 1.0 and result["oracle_grid_size"] == 2
     keys = {"controller", "slo_attainment", "latency_ms_p99", "training_samples_per_s", "configs_profiled"}
     assert all(keys | {"meets_slo", "power_w"} <= set(r) for r in rows.values())
     oracle = rows["oracle"]

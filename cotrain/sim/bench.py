@@ -29,20 +29,28 @@ The calibration and its error on held-out points are written next to the results
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 from typing import Any
 
-from cotrain.bench import BenchRow, bench_markdown, plot_bench
+from cotrain.bench import (
+    INFERENCE_ALONE,
+    TRAINING_ALONE,
+    BenchRow,
+    bench_markdown,
+    plot_bench,
+    row_json,
+    with_ratios,
+)
 from cotrain.config import BenchConfig, ExperimentConfig
 from cotrain.records import write_json_atomic
-from cotrain.sim.calibration import calibrate, calibration_table
+from cotrain.sim.calibration import Calibration, calibrate, calibration_table
 from cotrain.sim.model import DeviceModel
 from cotrain.sim.modes import ModeSpace, SimMode, mode_space
 from cotrain.sim.policies import mode_table, sim_policy
-from cotrain.sim.runner import SimResult, run_policy, sim_power_rules
+from cotrain.sim.runner import SimResult, run_policy, sim_power_rules, sim_static
 from cotrain.sim.scenario import SimScenario, scenario_from_config
 from cotrain.sim.search import (
     Merit,
@@ -108,6 +116,7 @@ def _row(controller: str, result: SimResult, target: float, detail: str = "") ->
         power_w=round(result.power_w, 3),
         run_dir="",
         detail=detail,
+        inference_busy=None if result.inference_busy is None else round(result.inference_busy, 6),
     )
 
 
@@ -158,15 +167,24 @@ def oracle_search(
     device = device or calibrate().device
     score = _scorer(scenario, bench, device, ORACLE_SEARCH_S)
     screened: dict[StaticConfig, Merit] = {}
-    for b, gate, mode in product(bench.oracle.max_batch_size, bench.oracle.gate_policy, modes):
-        config = StaticConfig(b, gate, mode)
+    grid = bench.oracle
+    delays: list[float | None] = [*grid.max_queue_delay_ms] if grid.max_queue_delay_ms else [None]
+    workers: list[int | None] = [*grid.num_workers] if grid.num_workers else [None]
+    for b, gate, delay, n, mode in product(grid.max_batch_size, grid.gate_policy, delays, workers, modes):
+        config = StaticConfig(b, gate, mode, num_workers=n, max_queue_delay_ms=delay)
         screened[config] = score(config)
     if space is not None:
         ranked = sorted(screened, key=lambda c: screened[c], reverse=True)
         starts = [c for c in ranked if space.coords(c) is not None][:ORACLE_REFINE]
         for start in starts:
-            local = refine(space, start, lambda c: screened[c] if c in screened else score(c))
-            screened.update(dict(local.profiled))
+            # the local search moves batch, gate and mode; the start's other knobs stay
+            def keep(c: StaticConfig, start: StaticConfig = start) -> StaticConfig:
+                return replace(c, num_workers=start.num_workers, max_queue_delay_ms=start.max_queue_delay_ms)
+
+            local = refine(
+                space, start, lambda c: screened[keep(c)] if keep(c) in screened else score(keep(c))
+            )
+            screened.update({keep(c): m for c, m in local.profiled})
     finalists = sorted(screened, key=lambda c: screened[c], reverse=True)[:ORACLE_FINALISTS]
     best: tuple[Merit, BenchRow] | None = None
     for config in finalists:
@@ -196,6 +214,42 @@ def search_rows(
     return rows
 
 
+def scenario_rows(
+    scenario: SimScenario, bench: BenchConfig, controllers: Sequence[str], cal: Calibration
+) -> list[BenchRow]:
+    """Every row of one simulated scenario: the controllers, the reference rows, the two searches
+    and the oracle, each with its limit ratio and oracle ratio."""
+    board = mode_space(scenario.board)
+    rules = sim_power_rules(scenario, cal.device)
+    target = bench.slo_attainment_target
+    rows: list[BenchRow] = []
+    for name in controllers:
+        policy = sim_policy(name, scenario, board, rules)
+        run = run_policy(scenario, policy, device=cal.device, power_rules=rules)
+        rows.append(_row(name, run, target, f"at the end: {_knobs_at_end(run)}"))
+    alone: BenchRow | None = None
+    if scenario.training:
+        # alone in the most capable mode the run may switch to, so no row's mode can beat it
+        fastest = next(m for m in rules.order if m not in rules.needs_reboot)
+        only = replace(scenario, inference_model=None)
+        knobs = replace(only.initial_knobs(), power_mode=fastest)
+        alone = _row(TRAINING_ALONE, sim_static(only, knobs, device=cal.device), target)
+        rows.append(alone)
+    if scenario.inference_model is not None:
+        rows.append(
+            _row(INFERENCE_ALONE, sim_static(replace(scenario, training=()), device=cal.device), target)
+        )
+    start = start_config(scenario, board)
+    batches = sorted({*bench.oracle.max_batch_size, start.max_batch_size})
+    gates = sorted({*bench.oracle.gate_policy, start.gate_policy}, key=("off", "yield").index)
+    space = Space(batches, gates, mode_table(board, rules))
+    rows += search_rows(scenario, bench, cal.device, space, start)
+    oracle, tried = oracle_search(scenario, bench, oracle_modes(board), device=cal.device, space=space)
+    oracle = replace(oracle, configs_profiled=tried, detail=f"best static: {oracle.detail}")
+    rows.append(oracle)
+    return with_ratios(rows, alone, oracle)
+
+
 def run_sim_bench(
     config: ExperimentConfig,
     out: Path,
@@ -212,20 +266,7 @@ def run_sim_bench(
     if power_budget_w is not None:
         scenario = replace(scenario, power_budget_w=power_budget_w)
     cal = calibrate()
-    board = mode_space(scenario.board)
-    rules = sim_power_rules(scenario, cal.device)
-    rows: list[BenchRow] = []
-    for name in controllers or bench.controllers:
-        policy = sim_policy(name, scenario, board, rules)
-        run = run_policy(scenario, policy, device=cal.device, power_rules=rules)
-        rows.append(_row(name, run, bench.slo_attainment_target, f"at the end: {_knobs_at_end(run)}"))
-    start = start_config(scenario, board)
-    batches = sorted({*bench.oracle.max_batch_size, start.max_batch_size})
-    gates = sorted({*bench.oracle.gate_policy, start.gate_policy}, key=("off", "yield").index)
-    space = Space(batches, gates, mode_table(board, rules))
-    rows += search_rows(scenario, bench, cal.device, space, start)
-    oracle, tried = oracle_search(scenario, bench, oracle_modes(board), device=cal.device, space=space)
-    rows.append(replace(oracle, configs_profiled=tried, detail=f"best static: {oracle.detail}"))
+    rows = scenario_rows(scenario, bench, controllers or bench.controllers, cal)
     result: dict[str, Any] = {
         "scenario": scenario_name,
         "platform": "sim",
@@ -233,7 +274,8 @@ def run_sim_bench(
         "run_duration_s": scenario.duration_s,
         "slo_ms": scenario.slo_ms,
         "power_budget_w": scenario.power_budget_w,
-        "rows": [asdict(r) for r in rows],
+        "oracle_grid_size": bench.oracle.size(),
+        "rows": [row_json(r) for r in rows],
         "oracle_grid": [],
         "notes": NOTES,
     }

@@ -184,6 +184,8 @@ class WindowStats:
     power_w: float
     rails_w: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
     train_data_wait_s: Mapping[str, float] = field(default_factory=dict)  # waiting for data
+    # each batch's execution time had it had the device to itself (the inference's own demand)
+    batch_solo_ms: tuple[float, ...] = ()
     cpu_share: float = 1.0  # of a core, for each process wanting one, at the window's end
 
     @property
@@ -426,6 +428,7 @@ class Engine:
         self._w_served += len(members)
         self._w_batch_sizes.append(len(members))
         self._w_batch_exec_ms.append((self.t - self._inf_start) * 1000.0)
+        self._w_batch_solo_ms.append(self._inf_dur * 1000.0)
         self._inf_busy = False
         self._inf_members = np.zeros(0, dtype=np.int64)
 
@@ -616,6 +619,7 @@ class Engine:
         self._w_latencies: list[FloatArray] = []
         self._w_batch_sizes: list[int] = []
         self._w_batch_exec_ms: list[float] = []
+        self._w_batch_solo_ms: list[float] = []
         self._w_activity = 0.0
         self._w_cpu = 0.0
         self._w_gpu_busy = 0.0
@@ -651,6 +655,7 @@ class Engine:
             power_w=float(sum(rails)),
             rails_w=rails,
             train_data_wait_s={j.name: j.w_data_wait_s for j in self.jobs},
+            batch_solo_ms=tuple(self._w_batch_solo_ms),
             cpu_share=self._cpu_share,
         )
         self._reset_window()

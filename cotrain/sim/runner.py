@@ -90,6 +90,8 @@ class SimResult:
     trace: tuple[TraceRow, ...]
     configs: tuple[Knobs, ...]  # distinct knob settings applied, in order of first use
     wall_s: float
+    # the share of the duration inference's batches need the device for, alone (solo times)
+    inference_busy: float | None = None
     # per request, in arrival order: when it arrived and its latency (NaN: shed, never served)
     arrivals_s: FloatArray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
     latencies_ms: FloatArray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
@@ -258,6 +260,9 @@ def _result(
         trace=tuple(trace),
         configs=tuple(configs),
         wall_s=time.perf_counter() - started,
+        inference_busy=min(1.0, sum(sum(w.batch_solo_ms) for w in timed) / 1000.0 / scenario.duration_s)
+        if scenario.inference_model is not None
+        else None,
         arrivals_s=engine.arrivals.copy(),
         latencies_ms=np.where(served_mask, (engine.done_s - engine.arrivals) * 1000.0, np.nan),
     )

@@ -47,9 +47,17 @@ class StaticConfig:
     max_batch_size: int
     gate_policy: str
     mode: str  # the mode's label (nvpmodel name or `c…-cpu…-gpu…-emc…`)
+    # a joint oracle grid's further knobs; None: the scenario's own setting
+    num_workers: int | None = None
+    max_queue_delay_ms: float | None = None
 
     def describe(self) -> str:
-        return f"b={self.max_batch_size}, gate {self.gate_policy}, {self.mode}"
+        text = f"b={self.max_batch_size}, gate {self.gate_policy}, {self.mode}"
+        if self.max_queue_delay_ms is not None:
+            text += f", delay {self.max_queue_delay_ms:g} ms"
+        if self.num_workers is not None:
+            text += f", workers {self.num_workers}"
+        return text
 
 
 Merit = tuple[float, float, float]
@@ -68,12 +76,20 @@ def static_knobs(scenario: SimScenario, config: StaticConfig) -> Knobs:
     base = scenario.initial_knobs()
     assert base.inference is not None
     training = {
-        job: replace(t, gate_policy=config.gate_policy, gate_max_wait_ms=None)
+        job: replace(
+            t,
+            gate_policy=config.gate_policy,
+            gate_max_wait_ms=None,
+            num_workers=t.num_workers if config.num_workers is None else config.num_workers,
+        )
         for job, t in base.training.items()
     }
+    delay_ms = base.inference.max_queue_delay_ms
+    if config.max_queue_delay_ms is not None:
+        delay_ms = config.max_queue_delay_ms
     return replace(
         base,
-        inference=replace(base.inference, max_batch_size=config.max_batch_size),
+        inference=replace(base.inference, max_batch_size=config.max_batch_size, max_queue_delay_ms=delay_ms),
         training=training,
         power_mode=config.mode,
     )
