@@ -585,23 +585,52 @@ def _bench_sim(args: argparse.Namespace) -> int:
             _err(line)
         return EXIT_BAD_INPUT
     from cotrain.bench import bench_markdown
-    from cotrain.sim.bench import run_sim_bench
+    from cotrain.sim.bench import run_sim_bench, run_sim_scenarios, scenarios_markdown
 
+    out = Path(args.out)
     try:
-        result = run_sim_bench(config, Path(args.out), args.scenario, controllers=args.controllers)
-    except ValueError as exc:  # a scenario the simulator cannot represent (trace arrivals, a model)
+        if args.scenarios is not None:
+            traces = Path(args.traces) if args.traces else Path(args.scenario).parent / "traces"
+            result = run_sim_scenarios(
+                config,
+                out,
+                args.scenario,
+                args.scenarios,
+                args.seed,
+                controllers=args.controllers,
+                traces_dir=traces,
+                repeats=args.repeats,
+                progress=lambda m: print(f"bench {m}", file=sys.stderr, flush=True),
+            )
+            print(scenarios_markdown(result))
+        else:
+            result = run_sim_bench(
+                config, out, args.scenario, controllers=args.controllers, repeats=args.repeats
+            )
+            print(bench_markdown(result))
+    except ValueError as exc:  # a scenario the simulator cannot represent (a model, a process)
         _err(f"{args.scenario}: --platform sim: {exc}")
         return EXIT_BAD_INPUT
-    print(bench_markdown(result))
-    print((Path(args.out) / "calibration.txt").read_text(encoding="utf-8"))
-    print(f"written: {Path(args.out) / 'bench.json'}, bench.md, calibration.txt and plots")
+    print((out / "calibration.txt").read_text(encoding="utf-8"))
+    print(
+        f"written: {out / 'bench.json'}, bench.md, calibration.txt" + ("" if args.scenarios else " and plots")
+    )
     return EXIT_OK
 
 
 def cmd_bench_scenario(args: argparse.Namespace) -> int:
     """Every controller and the static oracle on one scenario; see cotrain/bench.py."""
+    if args.repeats < 1 or (args.scenarios is not None and args.scenarios < 1):
+        _err("--repeats and --scenarios take a count of at least 1")
+        return EXIT_BAD_INPUT
     if args.platform == "sim":
         return _bench_sim(args)
+    if args.scenarios is not None:
+        _err(
+            "--scenarios runs on the simulator (--platform sim): drawn scenarios on real processes "
+            "would take the bench's time once per scenario"
+        )
+        return EXIT_BAD_INPUT
     loaded = _load(args.scenario, {})  # validated and preflighted before any run starts
     if loaded is None:
         return EXIT_BAD_INPUT
@@ -619,6 +648,7 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
             args.scenario,
             controllers=args.controllers,
             progress=lambda m: console.print(f"bench {m}"),
+            repeats=args.repeats,
         )
     except BenchError as exc:
         _err(str(exc))
@@ -859,6 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every controller and the static oracle on one scenario (`cotrain bench FILE`)",
         "cotrain bench experiments/bench-cpu.yaml --out runs/bench-cpu",
         "cotrain bench experiments/bench-orin-sim.yaml --platform sim --out runs/bench-sim",
+        "cotrain bench experiments/bench-orin-sim.yaml --platform sim --scenarios 20 --seed 7 --out runs/s20",
         func=cmd_bench_scenario,
     )
     scenario.add_argument("scenario", help="experiment YAML, optionally with a `bench:` section")
@@ -872,6 +903,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--controllers",
         type=lambda s: [c for c in s.split(",") if c],
         help="comma-separated subset; default: the scenario's bench.controllers",
+    )
+    scenario.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run every row (oracle grid points included) K times, interleaved; rows report medians",
+    )
+    scenario.add_argument(
+        "--scenarios",
+        type=int,
+        metavar="N",
+        help="with --platform sim: every controller over N scenarios drawn at random around this one",
+    )
+    scenario.add_argument("--seed", type=int, default=0, help="seed of the drawn scenarios (default 0)")
+    scenario.add_argument(
+        "--traces",
+        metavar="DIR",
+        help="trace files the drawn scenarios may replay (default: traces/ beside the scenario)",
     )
 
     load = _command(

@@ -358,3 +358,61 @@ def test_no_legend_entry_for_a_category_no_bar_has() -> None:
 
     assert legend_labels(figures["bench-training.png"]) == ["meets the SLO"]
     assert legend_labels(figures["bench-p99.png"]) == ["meets the SLO", "SLO 200 ms"]
+
+
+def test_drawn_scenarios_are_reproducible_and_vary_what_a_deployment_varies() -> None:
+    from cotrain.sim.draws import draw_scenarios
+    from cotrain.sim.scenario import SimScenario
+    from tests.conftest import REPO
+
+    base = SimScenario(duration_s=120.0)
+    traces = REPO / "experiments" / "traces"
+    a = draw_scenarios(base, 30, seed=7, traces_dir=traces)
+    b = draw_scenarios(base, 30, seed=7, traces_dir=traces)
+    assert [d.describe() for d in a] == [d.describe() for d in b]
+    assert [d.describe() for d in a] != [d.describe() for d in draw_scenarios(base, 30, 8, traces)]
+    assert {d.process for d in a} == {"constant", "poisson", "bursty", "step", "trace"}
+    assert len({d.scenario.inference_model for d in a}) > 2
+    assert any(d.scenario.power_budget_w is None for d in a) and any(d.scenario.power_budget_w for d in a)
+    for d in a:
+        assert 0.5 <= d.rate_per_s / 100.0 <= 2.0 and 250 <= d.scenario.slo_ms <= 1000
+        if d.process == "trace":
+            assert d.trace is not None and d.scenario.arrivals.process == "replay"
+    assert all(d.process != "trace" for d in draw_scenarios(base, 30, 7, traces_dir=None))
+
+
+def test_the_bench_over_drawn_scenarios_summarises_every_controller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cotrain.config import load_config
+    from cotrain.sim import bench as sim_bench
+    from tests.conftest import REPO
+
+    coarse = sim_bench.oracle_modes
+    monkeypatch.setattr(sim_bench, "oracle_modes", lambda space: coarse(space)[::8])
+    monkeypatch.setattr(sim_bench, "ORACLE_REFINE", 1)
+    config = load_config(REPO / "experiments" / "bench-orin-sim.yaml", {"duration_s": 20})
+    data = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
+    data["bench"]["oracle"] = {"max_batch_size": [16, 32], "gate_policy": ["off"]}
+    data["bench"]["run_duration_s"] = 20
+    path = _write(tmp_path, data)
+    args = ["bench", path, "--platform", "sim", "--scenarios", "2", "--seed", "7"]
+    traces = str(REPO / "experiments" / "traces")
+    code = main([*args, "--controllers", "static,adaptive", "--traces", traces, "--out", str(tmp_path / "o")])
+    assert code == 0
+    result = json.loads((tmp_path / "o" / "bench.json").read_text())
+    assert len(result["scenarios"]) == 2 and result["seed"] == 7
+    assert set(result["summary"]) == {"static", "adaptive", "gradient-search", "random-search"}
+    for s in result["summary"].values():
+        assert {"median_oracle_ratio", "worst_oracle_ratio", "min_slo_attainment"} <= set(s)
+        assert s["worst_oracle_ratio"] <= s["median_oracle_ratio"]
+    for scenario in result["scenarios"]:
+        rows = {r["controller"]: r for r in scenario["rows"]}
+        assert rows["oracle"]["oracle_ratio"] == 1.0 and "training-alone" in rows
+        worst = min(rows[c]["oracle_ratio"] for c in ("static", "adaptive"))
+        assert result["summary"]["static"]["worst_oracle_ratio"] <= rows["static"]["oracle_ratio"]
+        assert worst >= 0
+    assert "drawn scenarios" in (tmp_path / "o" / "bench.md").read_text()
+    real = ["bench", path, "--scenarios", "2", "--out", str(tmp_path / "real")]
+    assert main(real) == 2, "drawn scenarios run on the simulator only"
+    assert not (tmp_path / "real").exists()

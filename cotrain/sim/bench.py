@@ -35,11 +35,14 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cotrain.bench import (
     INFERENCE_ALONE,
     TRAINING_ALONE,
     BenchRow,
     bench_markdown,
+    median_row,
     plot_bench,
     row_json,
     with_ratios,
@@ -47,6 +50,7 @@ from cotrain.bench import (
 from cotrain.config import BenchConfig, ExperimentConfig
 from cotrain.records import write_json_atomic
 from cotrain.sim.calibration import Calibration, calibrate, calibration_table
+from cotrain.sim.draws import draw_scenarios
 from cotrain.sim.model import DeviceModel
 from cotrain.sim.modes import ModeSpace, SimMode, mode_space
 from cotrain.sim.policies import mode_table, sim_policy
@@ -250,6 +254,34 @@ def scenario_rows(
     return with_ratios(rows, alone, oracle)
 
 
+def _merged_rows(
+    scenario: SimScenario, bench: BenchConfig, controllers: Sequence[str], cal: Calibration, repeats: int
+) -> list[BenchRow]:
+    """The scenario's rows; with `repeats` K, run under K arrival and noise seeds and merged into
+    medians (the simulator is deterministic for one seed, so a repeat is a new draw of the
+    randomness, as a rerun on a device would be)."""
+    if repeats == 1:
+        return scenario_rows(scenario, bench, controllers, cal)
+    by_name: dict[str, list[BenchRow]] = {}
+    for r in range(repeats):
+        for row in scenario_rows(replace(scenario, seed=scenario.seed + r), bench, controllers, cal):
+            by_name.setdefault(row.controller, []).append(row)
+    merged = [median_row(rows, bench.slo_attainment_target) for rows in by_name.values()]
+    named = {r.controller: r for r in merged}
+    return with_ratios(merged, named.get(TRAINING_ALONE), named.get("oracle"))
+
+
+def _write(out: Path, result: dict[str, Any], markdown: str, cal: Calibration) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", result)
+    table = calibration_table(cal)
+    (out / "calibration.txt").write_text(table + "\n", encoding="utf-8")
+    (out / "bench.md").write_text(
+        markdown + "\n" + NOTES + "\n\n## Simulator calibration\n\n```\n" + table + "\n```\n",
+        encoding="utf-8",
+    )
+
+
 def run_sim_bench(
     config: ExperimentConfig,
     out: Path,
@@ -257,6 +289,7 @@ def run_sim_bench(
     *,
     controllers: list[str] | None = None,
     power_budget_w: float | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Every controller, the two searches and the oracle on the simulated board; writes
     D/bench.json, bench.md, calibration.txt and the plots. `power_budget_w` sets a whole-board
@@ -266,7 +299,7 @@ def run_sim_bench(
     if power_budget_w is not None:
         scenario = replace(scenario, power_budget_w=power_budget_w)
     cal = calibrate()
-    rows = scenario_rows(scenario, bench, controllers or bench.controllers, cal)
+    rows = _merged_rows(scenario, bench, controllers or bench.controllers, cal, repeats)
     result: dict[str, Any] = {
         "scenario": scenario_name,
         "platform": "sim",
@@ -274,21 +307,146 @@ def run_sim_bench(
         "run_duration_s": scenario.duration_s,
         "slo_ms": scenario.slo_ms,
         "power_budget_w": scenario.power_budget_w,
+        "repeats": repeats,
         "oracle_grid_size": bench.oracle.size(),
         "rows": [row_json(r) for r in rows],
         "oracle_grid": [],
         "notes": NOTES,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench.json", result)
-    table = calibration_table(cal)
-    (out / "calibration.txt").write_text(table + "\n", encoding="utf-8")
-    (out / "bench.md").write_text(
-        bench_markdown(result) + "\n" + NOTES + "\n\n## Simulator calibration\n\n```\n" + table + "\n```\n",
-        encoding="utf-8",
-    )
+    _write(out, result, bench_markdown(result), cal)
     plot_bench(result, out)
     return result
+
+
+SUMMARY_EXCLUDES = (TRAINING_ALONE, INFERENCE_ALONE, "oracle")
+
+
+def scenarios_summary(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per controller over every drawn scenario: the median and the worst ratio of its training
+    throughput to the oracle's, its lowest SLO attainment, and in how many it met the SLO."""
+    by_controller: dict[str, list[dict[str, Any]]] = {}
+    for scenario in scenarios:
+        for row in scenario["rows"]:
+            if row["controller"] not in SUMMARY_EXCLUDES:
+                by_controller.setdefault(row["controller"], []).append(row)
+    summary = {}
+    for name, rows in by_controller.items():
+        ratios = [r["oracle_ratio"] for r in rows if r["oracle_ratio"] is not None]
+        limits = [r["limit_ratio"] for r in rows if r["limit_ratio"] is not None]
+        attainments = [r["slo_attainment"] for r in rows if r["slo_attainment"] is not None]
+        summary[name] = {
+            "median_oracle_ratio": round(float(np.median(ratios)), 4) if ratios else None,
+            "worst_oracle_ratio": round(min(ratios), 4) if ratios else None,
+            "min_slo_attainment": round(min(attainments), 6) if attainments else None,
+            "median_limit_ratio": round(float(np.median(limits)), 4) if limits else None,
+            "scenarios_meeting_slo": sum(1 for r in rows if r["meets_slo"]),
+            "scenarios": len(rows),
+        }
+    return summary
+
+
+def run_sim_scenarios(
+    config: ExperimentConfig,
+    out: Path,
+    scenario_name: str,
+    n: int,
+    seed: int,
+    *,
+    controllers: list[str] | None = None,
+    traces_dir: Path | None = None,
+    repeats: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every controller over `n` scenarios drawn around the config's (cotrain/sim/draws.py), each
+    with its own oracle; writes D/bench.json (`scenarios`, `summary`), bench.md and the
+    calibration."""
+    bench = config.bench or BenchConfig()
+    base = bench_scenario(config)
+    cal = calibrate()
+    names = controllers or bench.controllers
+    scenarios = []
+    for draw in draw_scenarios(base, n, seed, traces_dir):
+        if progress:
+            progress(f"[{draw.index + 1}/{n}] {draw.describe()}")
+        rows = _merged_rows(draw.scenario, bench, names, cal, repeats)
+        s = draw.scenario
+        scenarios.append(
+            {
+                "index": draw.index,
+                "description": draw.describe(),
+                "process": draw.process,
+                "trace": draw.trace,
+                "rate_per_s": round(draw.rate_per_s, 3),
+                "slo_ms": round(s.slo_ms, 3),
+                "inference_model": s.inference_model,
+                "training_models": [j.model for j in s.training],
+                "power_budget_w": None if s.power_budget_w is None else round(s.power_budget_w, 3),
+                "seed": s.seed,
+                "rows": [row_json(r) for r in rows],
+            }
+        )
+    result: dict[str, Any] = {
+        "scenario": scenario_name,
+        "platform": "sim",
+        "scenarios_drawn": n,
+        "seed": seed,
+        "repeats": repeats,
+        "slo_attainment_target": bench.slo_attainment_target,
+        "run_duration_s": base.duration_s,
+        "oracle_grid_size": bench.oracle.size(),
+        "scenarios": scenarios,
+        "summary": scenarios_summary(scenarios),
+        "notes": NOTES + " " + DRAW_NOTES,
+    }
+    _write(out, result, scenarios_markdown(result), cal)
+    return result
+
+
+def scenarios_markdown(result: dict[str, Any]) -> str:
+    """The summary table, then each scenario's oracle ratio per controller."""
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    summary = result["summary"]
+    lines = [
+        f"# cotrain bench: {result['scenario']} over {result['scenarios_drawn']} drawn scenarios "
+        f"(seed {result['seed']}, simulated AGX Orin)",
+        "",
+        f"Each scenario ran {result['run_duration_s']:g} simulated s; a row meets the SLO at attainment "
+        f">= {result['slo_attainment_target']:g}. Oracle ratio: training samples/s over the scenario's "
+        "oracle; limit ratio: over training alone in the time inference leaves.",
+        "",
+        "| controller | median oracle ratio | worst oracle ratio | min SLO attainment "
+        "| median limit ratio | scenarios meeting SLO |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        lines.append(
+            f"| {name} | {fmt(s['median_oracle_ratio'], '.3f')} | {fmt(s['worst_oracle_ratio'], '.3f')} "
+            f"| {fmt(s['min_slo_attainment'], '.3f')} | {fmt(s['median_limit_ratio'], '.3f')} "
+            f"| {s['scenarios_meeting_slo']}/{s['scenarios']} |"
+        )
+    names = list(summary)
+    lines += ["", "Oracle ratio per scenario (`*`: missed the SLO):", ""]
+    lines += ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for sc in result["scenarios"]:
+        rows = {r["controller"]: r for r in sc["rows"]}
+        cells = []
+        for name in names:
+            r = rows.get(name)
+            cells.append(
+                "-" if r is None else fmt(r["oracle_ratio"], ".3f") + ("" if r["meets_slo"] else "*")
+            )
+        lines.append(f"| {sc['index']}: {sc['description']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+DRAW_NOTES = (
+    "Scenarios are drawn by cotrain/sim/draws.py: arrival process (constant, Poisson, bursty, a rate "
+    "step, or a trace of the traces directory), rate and SLO each x[1/2, 2] log-uniform around the "
+    "scenario's, inference and training models from the catalogue, and no budget or 25-45 W."
+)
 
 
 NOTES = (
