@@ -35,6 +35,7 @@ from cotrain.controllers.capabilities import Capabilities, assemble_policy, sear
 from cotrain.controllers.modesearch import ModeInfo
 from cotrain.controllers.wrappers import KnobBounds, PowerModeRules
 from cotrain.gate import InterleavingGate
+from cotrain.knob_commands import KnobCommands, inference_commands, training_commands
 from cotrain.messages import (
     Applied,
     CommandRefused,
@@ -45,15 +46,6 @@ from cotrain.messages import (
     ModelSwapped,
     Ready,
     Report,
-    SetBatching,
-    SetBatchSize,
-    SetDutyCycle,
-    SetInstances,
-    SetInterleave,
-    SetNumWorkers,
-    SetPaused,
-    SetThreads,
-    SetVariant,
     Start,
     TrainingStats,
     WorkerFailed,
@@ -395,38 +387,11 @@ class Runtime:
         """Send each knob change to the process that owns it; placement goes through the platform."""
         after = self.knobs.apply(action)
         if action.inference is not None and after.inference is not None:
-            changes = action.inference.changes()
-            if "variant" in changes:
-                self.supervisor.send(self.primary, SetVariant(changes["variant"]))
-            if "max_batch_size" in changes or "max_queue_delay_ms" in changes:
-                self.supervisor.send(
-                    self.primary,
-                    SetBatching(after.inference.max_batch_size, after.inference.max_queue_delay_ms),
-                )
-            if "threads" in changes:
-                self.supervisor.send(self.primary, SetThreads(after.inference.threads))
-            if "instances" in changes:
-                self.supervisor.send(self.primary, SetInstances(after.inference.instances))
-            if "cpus" in changes:
-                self._place(self.primary, after.inference.cpus)
+            self._send_knobs(self.primary, inference_commands(after.inference, action.inference.changes()))
         for job, change in action.training.items():
-            worker = train_worker(job)
-            changes = change.changes()
-            if "threads" in changes:
-                self.supervisor.send(worker, SetThreads(changes["threads"]))
-            if "num_workers" in changes:
-                self.supervisor.send(worker, SetNumWorkers(changes["num_workers"]))
-            if "paused" in changes:
-                self.supervisor.send(worker, SetPaused(changes["paused"]))
-            if "batch_size" in changes:
-                self.supervisor.send(worker, SetBatchSize(changes["batch_size"]))
-            if "duty_cycle" in changes:
-                self.supervisor.send(worker, SetDutyCycle(changes["duty_cycle"]))
-            if "gate_policy" in changes or "gate_max_wait_ms" in changes:
-                knobs = after.training[job]  # the two travel together: the worker gets both as they are now
-                self.supervisor.send(worker, SetInterleave(knobs.gate_policy, knobs.gate_max_wait_ms))
-            if "cpus" in changes:
-                self._place(worker, after.training[job].cpus)
+            knobs = after.training.get(job)
+            if knobs is not None:
+                self._send_knobs(train_worker(job), training_commands(knobs, change.changes()))
         power_mode = self.knobs.power_mode
         self.knobs = replace(after, power_mode=power_mode)
         if action.power_mode is not None:
@@ -445,6 +410,12 @@ class Runtime:
             "power_mode_set", mode=info.name, id=info.id, reason=reason, cpus=list(self.platform.cpu_ids())
         )
         return True
+
+    def _send_knobs(self, worker: str, commands: KnobCommands) -> None:
+        for message in commands.messages:
+            self.supervisor.send(worker, message)
+        if commands.place:
+            self._place(worker, commands.cpus)
 
     def _place(self, worker: str, cpus: tuple[int, ...] | None) -> None:
         pid = self.supervisor.workers[worker].pid
@@ -1197,32 +1168,15 @@ class Runtime:
             self._account_down(worker, self._elapsed_s())
             self.supervisor.send(worker, Start(self._t0_ns, self._next_request_id.get(worker, 0)))
             if worker == self.primary and self.knobs.inference is not None:
-                k = self.knobs.inference
-                if k.variant is not None and self._variants:
-                    self.supervisor.send(worker, SetVariant(k.variant))
-                self.supervisor.send(worker, SetBatching(k.max_batch_size, k.max_queue_delay_ms))
-                self.supervisor.send(worker, SetThreads(k.threads))
-                self.supervisor.send(worker, SetInstances(k.instances))
-                if k.cpus is not None:
-                    self._place(worker, k.cpus)
+                commands = inference_commands(self.knobs.inference, has_variants=bool(self._variants))
+                self._send_knobs(worker, commands)
             if worker == INFERENCE and self._last_model is not None:
                 self.supervisor.send(worker, self._last_model)  # the latest deployed weights
             return
         self.supervisor.send(worker, Start(self._t0_ns))
-        job = worker.removeprefix("train:")
-        t = self.knobs.training.get(job)
+        t = self.knobs.training.get(worker.removeprefix("train:"))
         if t is not None:
-            for message in (
-                SetThreads(t.threads),
-                SetNumWorkers(t.num_workers),
-                SetBatchSize(t.batch_size),
-                SetDutyCycle(t.duty_cycle),
-                SetInterleave(t.gate_policy, t.gate_max_wait_ms),
-                SetPaused(t.paused),
-            ):
-                self.supervisor.send(worker, message)
-            if t.cpus is not None:
-                self._place(worker, t.cpus)
+            self._send_knobs(worker, training_commands(t))
 
     def _force_stop(self) -> None:
         """Kill what is still running, and account for the requests a killed service held."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import typing
+from dataclasses import replace
 from itertools import repeat
 from pathlib import Path
 
@@ -76,3 +77,36 @@ def test_the_trainer_refuses_inference_knobs_and_handles_its_own(tmp_path: Path)
     assert refused == [type(c).__name__ for c in INFERENCE_ONLY] + ["Start"]
     applied = {m.knob for m in channel.of_type(Applied)}
     assert applied == {"num_workers", "paused", "batch_size", "duty_cycle", "interleave"}
+
+
+def test_every_knob_has_one_path_to_its_worker() -> None:
+    """Each knob of InferenceKnobs and TrainingKnobs, changed alone, yields a command (or a
+    placement) for its worker, and a restarted worker gets every knob as it stands."""
+    from dataclasses import fields
+
+    from cotrain.control import InferenceKnobs, TrainingKnobs
+    from cotrain.knob_commands import inference_commands, training_commands
+
+    inference = InferenceKnobs(8, 20.0, 2, (0,), variant="resnet18/fp32", instances=2)
+    training = TrainingKnobs(1, (1,), 2, False, batch_size=16, duty_cycle=0.5, gate_policy="yield")
+    for f in fields(InferenceKnobs):
+        one = inference_commands(inference, {f.name})
+        assert one.messages or one.place, f"inference knob {f.name} reaches no worker"
+    for f in fields(TrainingKnobs):
+        one = training_commands(training, {f.name})
+        assert one.messages or one.place, f"training knob {f.name} reaches no worker"
+    full = inference_commands(inference)
+    assert [type(m).__name__ for m in full.messages] == [
+        "SetVariant",
+        "SetBatching",
+        "SetThreads",
+        "SetInstances",
+    ]
+    assert full.place and full.cpus == (0,)
+    resumed = training_commands(training)
+    assert type(resumed.messages[-1]).__name__ == "SetPaused", "unpaused only once everything else is set"
+    assert len(resumed.messages) == 6 and resumed.place
+    assert not training_commands(replace(training, cpus=None)).place, "unpinned: nothing to pin on a restart"
+    assert inference_commands(inference, {"max_queue_delay_ms"}).messages == (
+        inference_commands(inference, {"max_batch_size"}).messages
+    )
