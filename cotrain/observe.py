@@ -1,13 +1,20 @@
-"""Turning the workers' stats messages into a controller's Observation. Pure functions."""
+"""Turning the workers' stats messages into a controller's Observation, and the control period
+both the runtime and the simulator run on it. Pure functions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cotrain.control import InferenceWindow, Knobs, Observation, TrainingWindow
+from cotrain.control import Action, InferenceWindow, Knobs, Observation, TrainingWindow, VariantInfo
 from cotrain.messages import InferenceStats, TrainingStats
+from cotrain.platform.base import TelemetrySample
+
+if TYPE_CHECKING:
+    from cotrain.controllers.base import Policy
 
 
 def _q(values: Sequence[float], q: float) -> float | None:
@@ -93,3 +100,48 @@ def build_observation(
         cpu_util_percent=cpu_util_percent,
         cpu_count=cpu_count,
     )
+
+
+def control_tick(
+    policy: Policy,
+    state: Any,
+    *,
+    time_s: float,
+    window_s: float,
+    knobs: Knobs,
+    inference_stats: Sequence[InferenceStats] | None,
+    slo_ms: float | None,
+    training_stats: Mapping[str, Sequence[TrainingStats]],
+    sample: TelemetrySample,
+    cpu_count: int,
+    power_budget_w: float | None,
+    variants: tuple[VariantInfo, ...] = (),
+    profile_ms: Mapping[tuple[str, int], float] | None = None,
+    inference_fresh: bool = True,
+) -> tuple[Observation, Action, Any]:
+    """One control period, as the runtime and the simulator both run it: the window's stats
+    messages and a telemetry sample become the Observation, and the (wrapped) policy decides.
+    What the caller does with the action (actuate workers, set the engine's knobs) is its own."""
+    obs = build_observation(
+        time_s=time_s,
+        window_s=window_s,
+        knobs=knobs,
+        inference_stats=inference_stats,
+        slo_ms=slo_ms,
+        training_stats=training_stats,
+        cpu_util_percent=sample.cpu_util_percent,
+        cpu_count=cpu_count,
+    )
+    obs = replace(
+        obs,
+        power_w=sample.power_w,
+        power_budget_w=power_budget_w,
+        temperature_c=sample.temperature_c,
+        gpu_util_percent=sample.gpu_util_percent,
+        power_mode=sample.power_mode,
+        variants=variants,
+        profile_ms=obs.profile_ms if profile_ms is None else profile_ms,
+        inference_fresh=inference_fresh,
+    )
+    action, state = policy.decide(obs, state)
+    return obs, action, state

@@ -50,7 +50,7 @@ from cotrain.messages import (
     TrainingStats,
     WorkerFailed,
 )
-from cotrain.observe import build_observation, inference_window
+from cotrain.observe import control_tick, inference_window
 from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, TelemetrySample, by_capability
 from cotrain.records import KEEP_ENV, ROTATE_ENV, CsvAppender, JsonlAppender, rotated_away, write_json_atomic
 from cotrain.rundir import RunDir
@@ -556,23 +556,18 @@ class Runtime:
         now_s = self._elapsed_s()
         primary = self.config.workloads.primary_inference()
         inference = primary.config if primary is not None else None
-        obs = build_observation(
+        obs, action, state = control_tick(
+            self.policy,
+            state,
             time_s=now_s,
             window_s=window_s,
             knobs=self.knobs,
             inference_stats=(self._inference_stats or self._last_inference_stats) if inference else None,
             slo_ms=inference.slo_ms if inference else None,
             training_stats=self._training_stats,
-            cpu_util_percent=sample.cpu_util_percent,
+            sample=sample,
             cpu_count=len(self.cpus),
-        )
-        obs = replace(
-            obs,
-            power_w=sample.power_w,
             power_budget_w=self.power_rules.power_budget_w,
-            temperature_c=sample.temperature_c,
-            gpu_util_percent=sample.gpu_util_percent,
-            power_mode=sample.power_mode,
             variants=self._variants,
             profile_ms=self._profile,
             inference_fresh=bool(self._inference_stats),
@@ -586,7 +581,6 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.tick(window_s, sample, obs.training, self.knobs, self.primary)
         self._maybe_write_summary()
-        action, state = self.policy.decide(obs, state)
         if not action.is_empty():
             self.actuate(action)
             if self.metrics is not None:

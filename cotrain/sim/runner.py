@@ -16,15 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from cotrain.control import Knobs, Observation
+from cotrain.control import Action, Knobs, Observation
 from cotrain.controllers.base import Policy
 from cotrain.controllers.capabilities import wrap_policy
 from cotrain.controllers.wrappers import PowerModeRules
 from cotrain.messages import InferenceStats, TrainingStats
-from cotrain.observe import build_observation
+from cotrain.observe import control_tick
+from cotrain.platform.base import TelemetrySample
 from cotrain.sim.calibration import calibrate
 from cotrain.sim.engine import (
     SERVED,
@@ -145,10 +147,8 @@ def build_engine(scenario: SimScenario, device: DeviceModel, knobs: Knobs | None
     )
 
 
-def _observation(
-    w: WindowStats, knobs: Knobs, scenario: SimScenario, mode: SimMode, label: str
-) -> Observation:
-    """The Observation the runtime would build from this window's worker messages."""
+def _window_inputs(w: WindowStats, scenario: SimScenario, mode: SimMode, label: str) -> dict[str, Any]:
+    """The stats messages and telemetry sample the runtime would have for this window."""
     end_ns = round(w.end_s * 1e9)
     inference_stats = None
     if scenario.inference_model is not None:
@@ -180,23 +180,45 @@ def _observation(
         ]
         for job in w.train_steps
     }
-    obs = build_observation(
-        time_s=w.end_s,
-        window_s=w.window_s,
-        knobs=knobs,
-        inference_stats=inference_stats,
-        slo_ms=scenario.slo_ms if scenario.inference_model is not None else None,
-        training_stats=training_stats,
+    sample = TelemetrySample(
         cpu_util_percent=min(100.0, 100.0 * w.cpu_busy_cores / mode.cores),
-        cpu_count=mode.cores,
-    )
-    return replace(
-        obs,
+        per_cpu_util_percent=None,
+        memory_used_mb=None,
         power_w=w.power_w,
-        power_budget_w=scenario.power_budget_w,
         gpu_util_percent=100.0 * w.gpu_busy,
         power_mode=label,
+        source="sim",
     )
+    return {
+        "time_s": w.end_s,
+        "window_s": w.window_s,
+        "inference_stats": inference_stats,
+        "slo_ms": scenario.slo_ms if scenario.inference_model is not None else None,
+        "training_stats": training_stats,
+        "sample": sample,
+        "cpu_count": mode.cores,
+        "power_budget_w": scenario.power_budget_w,
+    }
+
+
+class _Observer:
+    """A policy that decides nothing: `control_tick` through it gives the Observation alone, for
+    windows where no decision is taken (the last one, and `sim_static`)."""
+
+    name = "observer"
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(self, obs: Observation, state: None) -> tuple[Action, None]:
+        return Action(), None
+
+
+def _observation(
+    w: WindowStats, knobs: Knobs, scenario: SimScenario, mode: SimMode, label: str
+) -> Observation:
+    obs, _, _ = control_tick(_Observer(), None, knobs=knobs, **_window_inputs(w, scenario, mode, label))
+    return obs
 
 
 def _row(obs: Observation, w: WindowStats) -> TraceRow:
@@ -302,11 +324,12 @@ def run_policy(
         engine.run_until(t)
         w = engine.take_window()
         windows.append(w)
-        obs = _observation(w, knobs, scenario, mode, space.label(mode))
-        trace.append(_row(obs, w))
         if t >= scenario.duration_s - 1e-9:
+            trace.append(_row(_observation(w, knobs, scenario, mode, space.label(mode)), w))
             break
-        action, state = bounded.decide(obs, state)
+        inputs = _window_inputs(w, scenario, mode, space.label(mode))
+        obs, action, state = control_tick(bounded, state, knobs=knobs, **inputs)
+        trace.append(_row(obs, w))
         if action.is_empty():
             continue
         if action.power_mode is not None:
