@@ -234,19 +234,8 @@ def test_a_bad_scenario_exits_2_before_anything_runs(
 def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_oracle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cotrain.config import load_config
-    from cotrain.sim import bench as sim_bench
-    from tests.conftest import REPO
-
-    # a thinner oracle (a quarter of its coarse modes, one local search) keeps the test quick
-    coarse = sim_bench.oracle_modes
-    monkeypatch.setattr(sim_bench, "oracle_modes", lambda space: coarse(space)[::4])
-    monkeypatch.setattr(sim_bench, "ORACLE_REFINE", 1)
-    config = load_config(REPO / "experiments" / "bench-orin-sim.yaml", {"duration_s": 30})
-    data = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
-    data["bench"]["oracle"] = {"max_batch_size": [16, 32], "gate_policy": ["off"]}
-    data["bench"]["run_duration_s"] = 30
-    code = main(["bench", _write(tmp_path, data), "--platform", "sim", "--out", str(tmp_path / "out")])
+    path = _thin_sim_bench(tmp_path, monkeypatch, every_nth_mode=4, duration_s=30)
+    code = main(["bench", path, "--platform", "sim", "--out", str(tmp_path / "out")])
     assert code == 0
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert result["platform"] == "sim"
@@ -278,6 +267,25 @@ def test_the_simulated_bench_runs_every_controller_and_searches_modes_for_its_or
     assert rows["adaptive"]["configs_profiled"] <= 10
     assert "held-out time MAPE" in (tmp_path / "out" / "calibration.txt").read_text()
     assert "simulator's optimum" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def _thin_sim_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, every_nth_mode: int, duration_s: float
+) -> str:
+    """bench-orin-sim.yaml, shortened, with a thinner oracle (every nth of its coarse modes, one
+    local search, two batch sizes, gate off) to keep a test quick; returns the scenario's path."""
+    from cotrain.config import load_config
+    from cotrain.sim import bench as sim_bench
+    from tests.conftest import REPO
+
+    coarse = sim_bench.oracle_modes
+    monkeypatch.setattr(sim_bench, "oracle_modes", lambda space: coarse(space)[::every_nth_mode])
+    monkeypatch.setattr(sim_bench, "ORACLE_REFINE", 1)
+    config = load_config(REPO / "experiments" / "bench-orin-sim.yaml", {"duration_s": duration_s})
+    data = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
+    data["bench"]["oracle"] = {"max_batch_size": [16, 32], "gate_policy": ["off"]}
+    data["bench"]["run_duration_s"] = duration_s
+    return _write(tmp_path, data)
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> str:
@@ -384,18 +392,9 @@ def test_drawn_scenarios_are_reproducible_and_vary_what_a_deployment_varies() ->
 def test_the_bench_over_drawn_scenarios_summarises_every_controller(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cotrain.config import load_config
-    from cotrain.sim import bench as sim_bench
     from tests.conftest import REPO
 
-    coarse = sim_bench.oracle_modes
-    monkeypatch.setattr(sim_bench, "oracle_modes", lambda space: coarse(space)[::8])
-    monkeypatch.setattr(sim_bench, "ORACLE_REFINE", 1)
-    config = load_config(REPO / "experiments" / "bench-orin-sim.yaml", {"duration_s": 20})
-    data = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
-    data["bench"]["oracle"] = {"max_batch_size": [16, 32], "gate_policy": ["off"]}
-    data["bench"]["run_duration_s"] = 20
-    path = _write(tmp_path, data)
+    path = _thin_sim_bench(tmp_path, monkeypatch, every_nth_mode=8, duration_s=20)
     args = ["bench", path, "--platform", "sim", "--scenarios", "2", "--seed", "7"]
     traces = str(REPO / "experiments" / "traces")
     code = main([*args, "--controllers", "static,adaptive", "--traces", traces, "--out", str(tmp_path / "o")])
