@@ -8,6 +8,7 @@ to files written by the process that owns them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 # --- runtime -> worker ---------------------------------------------------------------------------
 
@@ -87,6 +88,12 @@ class LoadModel:
     path: str
     version: int
     source: str  # the job that trained them
+
+
+def unhandled(message: NoReturn) -> NoReturn:
+    """The end of an exhaustive dispatch over `Command`: mypy rejects a call here unless every
+    member of the union has its own case, so a new command cannot be forgotten by a worker."""
+    raise AssertionError(f"no case for {message!r}")
 
 
 Command = (

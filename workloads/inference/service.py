@@ -42,10 +42,17 @@ from cotrain.messages import (
     ModelSwapped,
     Ready,
     SetBatching,
+    SetBatchSize,
+    SetDutyCycle,
     SetInstances,
+    SetInterleave,
+    SetNumWorkers,
+    SetPaused,
     SetThreads,
     SetVariant,
+    Start,
     Stop,
+    unhandled,
 )
 from cotrain.records import REQUEST_COLUMNS, CsvAppender, fmt_s
 from cotrain.worker import Channel, exit_now, report_failure, wait_for_start, worker_setup
@@ -223,34 +230,47 @@ class InferenceService:
         """Listener thread: apply or queue control commands until Stop."""
         while True:
             message = self.channel.recv()
-            if isinstance(message, Stop):
-                self.stopping.set()
-                self.queue.wake()
-                return
-            if isinstance(message, SetBatching):
-                self.queue.set_policy(BatchPolicy(message.max_batch_size, message.max_queue_delay_ms))
-                now_ns = self.clock.now_ns()
-                self.channel.send(Applied("max_batch_size", message.max_batch_size, now_ns))
-                self.channel.send(Applied("max_queue_delay_ms", message.max_queue_delay_ms, now_ns))
-            elif isinstance(message, SetThreads):
-                self._pending.put(message)
-                self.queue.wake()
-            elif isinstance(message, SetInstances):
-                self._instances = message.instances
-                self.queue.wake()
-            elif isinstance(message, SetVariant):
-                if message.variant in self.variants:
-                    with self._staged_lock:
-                        self._staged_variant = message.variant
+            match message:
+                case None:  # no timeout was given: only a closed pipe, which reads as Stop
+                    continue
+                case Stop():
+                    self.stopping.set()
                     self.queue.wake()
-                else:
-                    self.channel.send(Applied("variant_unknown", message.variant, self.clock.now_ns()))
-            elif isinstance(message, LoadModel):
-                threading.Thread(
-                    target=self._prepare, args=(message,), name="model-loader", daemon=True
-                ).start()
-            else:  # a training knob, or a second Start: the runtime sent it to the wrong worker
-                self.channel.send(CommandRefused(type(message).__name__, self.clock.now_ns()))
+                    return
+                case SetBatching():
+                    self.queue.set_policy(BatchPolicy(message.max_batch_size, message.max_queue_delay_ms))
+                    now_ns = self.clock.now_ns()
+                    self.channel.send(Applied("max_batch_size", message.max_batch_size, now_ns))
+                    self.channel.send(Applied("max_queue_delay_ms", message.max_queue_delay_ms, now_ns))
+                case SetThreads():
+                    self._pending.put(message)
+                    self.queue.wake()
+                case SetInstances():
+                    self._instances = message.instances
+                    self.queue.wake()
+                case SetVariant():
+                    if message.variant in self.variants:
+                        with self._staged_lock:
+                            self._staged_variant = message.variant
+                        self.queue.wake()
+                    else:
+                        self.channel.send(Applied("variant_unknown", message.variant, self.clock.now_ns()))
+                case LoadModel():
+                    threading.Thread(
+                        target=self._prepare, args=(message,), name="model-loader", daemon=True
+                    ).start()
+                case (
+                    Start()
+                    | SetNumWorkers()
+                    | SetPaused()
+                    | SetBatchSize()
+                    | SetDutyCycle()
+                    | SetInterleave()
+                ):
+                    # a training knob, or a second Start: the runtime sent it to the wrong worker
+                    self.channel.send(CommandRefused(type(message).__name__, self.clock.now_ns()))
+                case _:
+                    unhandled(message)
 
     def _prepare(self, message: LoadModel) -> None:
         """Load and warm a new model version off the serving path; the executor swaps it in."""

@@ -33,15 +33,21 @@ from cotrain.messages import (
     Command,
     CommandRefused,
     Finished,
+    LoadModel,
     Ready,
+    SetBatching,
     SetBatchSize,
     SetDutyCycle,
+    SetInstances,
     SetInterleave,
     SetNumWorkers,
     SetPaused,
     SetThreads,
+    SetVariant,
+    Start,
     Stop,
     TrainingStats,
+    unhandled,
 )
 from cotrain.records import TRAIN_COLUMNS, CsvAppender, fmt_s
 from cotrain.worker import Channel, exit_now, report_failure, wait_for_start, worker_setup
@@ -146,33 +152,37 @@ class Trainer:
 
     def handle(self, message: Command) -> None:
         now_ns = self.clock.now_ns()
-        if isinstance(message, Stop):
-            self.stopping = True
-        elif isinstance(message, SetThreads):
-            torch.set_num_threads(message.threads)
-            self.threads = message.threads
-            self.channel.send(Applied("threads", message.threads, now_ns))
-        elif isinstance(message, SetNumWorkers):
-            if message.num_workers != self.num_workers:
-                self.num_workers = message.num_workers
-                self._drop_loader()
-            self.channel.send(Applied("num_workers", message.num_workers, now_ns))
-        elif isinstance(message, SetPaused):
-            self.paused = message.paused
-            self.channel.send(Applied("paused", message.paused, now_ns))
-        elif isinstance(message, SetBatchSize):
-            if message.batch_size != self.batch_size:
-                self.batch_size = message.batch_size
-                self._drop_loader()
-            self.channel.send(Applied("batch_size", message.batch_size, now_ns))
-        elif isinstance(message, SetDutyCycle):
-            self.duty_cycle = message.duty_cycle
-            self.channel.send(Applied("duty_cycle", message.duty_cycle, now_ns))
-        elif isinstance(message, SetInterleave):
-            self.gate_policy, self.gate_max_wait_ms = message.policy, message.max_wait_ms
-            self.channel.send(Applied("interleave", [message.policy, message.max_wait_ms], now_ns))
-        else:  # an inference knob, or a second Start: the runtime sent it to the wrong worker
-            self.channel.send(CommandRefused(type(message).__name__, now_ns))
+        match message:
+            case Stop():
+                self.stopping = True
+            case SetThreads():
+                torch.set_num_threads(message.threads)
+                self.threads = message.threads
+                self.channel.send(Applied("threads", message.threads, now_ns))
+            case SetNumWorkers():
+                if message.num_workers != self.num_workers:
+                    self.num_workers = message.num_workers
+                    self._drop_loader()
+                self.channel.send(Applied("num_workers", message.num_workers, now_ns))
+            case SetPaused():
+                self.paused = message.paused
+                self.channel.send(Applied("paused", message.paused, now_ns))
+            case SetBatchSize():
+                if message.batch_size != self.batch_size:
+                    self.batch_size = message.batch_size
+                    self._drop_loader()
+                self.channel.send(Applied("batch_size", message.batch_size, now_ns))
+            case SetDutyCycle():
+                self.duty_cycle = message.duty_cycle
+                self.channel.send(Applied("duty_cycle", message.duty_cycle, now_ns))
+            case SetInterleave():
+                self.gate_policy, self.gate_max_wait_ms = message.policy, message.max_wait_ms
+                self.channel.send(Applied("interleave", [message.policy, message.max_wait_ms], now_ns))
+            case Start() | LoadModel() | SetBatching() | SetVariant() | SetInstances():
+                # an inference knob, or a second Start: the runtime sent it to the wrong worker
+                self.channel.send(CommandRefused(type(message).__name__, now_ns))
+            case _:
+                unhandled(message)
 
     def _poll_commands(self, timeout_s: float) -> None:
         """Handle every waiting command; wait up to `timeout_s` for the first one."""
