@@ -471,7 +471,7 @@ def bench_markdown(result: dict[str, Any]) -> str:
         return "-" if value is None else format(value, spec)
 
     repeats = int(result.get("repeats") or 1)
-    each = "ran" if repeats == 1 else f"ran {repeats} times, interleaved (medians, min-max in brackets); it"
+    each = "ran" if repeats == 1 else f"ran {repeats} times, interleaved (medians, min-max in brackets), each"
     lines = [
         f"# cotrain bench: {result['scenario']} ({result['platform']})",
         "",

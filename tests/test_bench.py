@@ -407,13 +407,18 @@ def test_the_bench_over_drawn_scenarios_summarises_every_controller(
     judged: dict[str, list[float]] = {}
     for scenario in result["scenarios"]:
         rows = {r["controller"]: r for r in scenario["rows"]}
+        budget_w = scenario["power_budget_w"]
+
+        def kept(r: dict[str, Any], budget_w: float | None = budget_w) -> bool:
+            return bool(r["meets_slo"]) and (budget_w is None or r["power_w"] <= budget_w)
+
         assert rows["oracle"]["oracle_ratio"] == 1.0 and "training-alone" in rows
-        if rows["static"]["meets_slo"]:
+        if kept(rows["static"]):
             assert rows["static"]["oracle_ratio"] <= 1.0, "the oracle is the best static configuration"
         for name in ("static", "adaptive"):
-            if rows["oracle"]["meets_slo"]:
+            if kept(rows["oracle"]) and rows[name]["oracle_ratio"] is not None:
                 r = rows[name]
-                judged.setdefault(name, []).append(r["oracle_ratio"] if r["meets_slo"] else 0.0)
+                judged.setdefault(name, []).append(r["oracle_ratio"] if kept(r) else 0.0)
     for name, ratios in judged.items():
         assert result["summary"][name]["worst_oracle_ratio"] == pytest.approx(min(ratios), abs=1e-4)
         assert result["summary"][name]["min_slo_attainment"] <= 1.0

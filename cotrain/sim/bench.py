@@ -329,28 +329,38 @@ def run_sim_bench(
 SUMMARY_EXCLUDES = (TRAINING_ALONE, INFERENCE_ALONE, "oracle")
 
 
-def judged_ratio(row: dict[str, Any], oracle: dict[str, Any]) -> float | None:
-    """A row's oracle ratio as the summary counts it: 0 when it missed an SLO the oracle met
-    (breaking the SLO is not a way to train faster); None where the scenario gives no ratio (no
-    static configuration meets its SLO, or the oracle trains nothing)."""
-    if not oracle["meets_slo"] or row["oracle_ratio"] is None:
+def within_budget(row: dict[str, Any], budget_w: float | None) -> bool:
+    return budget_w is None or row.get("power_w") is None or float(row["power_w"]) <= budget_w
+
+
+def judged_ratio(row: dict[str, Any], oracle: dict[str, Any], budget_w: float | None) -> float | None:
+    """A row's oracle ratio as the summary counts it: 0 when it missed an SLO or went over a
+    power budget that the oracle kept (breaking either is not a way to train faster); None where
+    the scenario gives no ratio (no static configuration meets its SLO within its budget, or the
+    oracle trains nothing)."""
+    if not oracle["meets_slo"] or not within_budget(oracle, budget_w) or row["oracle_ratio"] is None:
         return None
-    return float(row["oracle_ratio"]) if row["meets_slo"] else 0.0
+    kept = row["meets_slo"] and within_budget(row, budget_w)
+    return float(row["oracle_ratio"]) if kept else 0.0
 
 
 def scenarios_summary(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per controller over every drawn scenario: the median and the worst of its judged oracle
-    ratios (`judged_ratio`), its lowest SLO attainment, and in how many it met the SLO."""
-    by_controller: dict[str, list[tuple[dict[str, Any], float | None]]] = {}
+    ratios (`judged_ratio`), its lowest SLO attainment, in how many it met the SLO and in how many
+    it went over the power budget."""
+    by_controller: dict[str, list[tuple[dict[str, Any], float | None, float | None]]] = {}
     for scenario in scenarios:
         oracle = next(r for r in scenario["rows"] if r["controller"] == "oracle")
+        budget_w = scenario.get("power_budget_w")
         for row in scenario["rows"]:
             if row["controller"] not in SUMMARY_EXCLUDES:
-                by_controller.setdefault(row["controller"], []).append((row, judged_ratio(row, oracle)))
+                judged = judged_ratio(row, oracle, budget_w)
+                by_controller.setdefault(row["controller"], []).append((row, judged, budget_w))
     summary = {}
-    for name, judged in by_controller.items():
-        rows = [r for r, _ in judged]
-        ratios = [j for _, j in judged if j is not None]
+    for name, entries in by_controller.items():
+        rows = [r for r, _, _ in entries]
+        ratios = [j for _, j, _ in entries if j is not None]
+        over_budget = sum(1 for r, _, budget_w in entries if not within_budget(r, budget_w))
         limits = [r["limit_ratio"] for r in rows if r["limit_ratio"] is not None]
         attainments = [r["slo_attainment"] for r in rows if r["slo_attainment"] is not None]
         summary[name] = {
@@ -359,6 +369,7 @@ def scenarios_summary(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str
             "min_slo_attainment": round(min(attainments), 6) if attainments else None,
             "median_limit_ratio": round(float(np.median(limits)), 4) if limits else None,
             "scenarios_meeting_slo": sum(1 for r in rows if r["meets_slo"]),
+            "scenarios_over_budget": over_budget,
             "scenarios": len(rows),
             "scenarios_with_ratio": len(ratios),
         }
@@ -435,31 +446,34 @@ def scenarios_markdown(result: dict[str, Any]) -> str:
         "",
         f"Each scenario ran {result['run_duration_s']:g} simulated s; a row meets the SLO at attainment "
         f">= {result['slo_attainment_target']:g}. Oracle ratio: training samples/s over the scenario's "
-        "oracle; in the summary a row that missed an SLO the oracle met counts 0, and scenarios where "
-        "no static configuration meets the SLO (or the oracle trains nothing) give no ratio. Limit "
-        "ratio: over training alone in the time inference leaves.",
+        "oracle; in the summary a row that missed an SLO or a power budget the oracle kept counts 0, "
+        "and scenarios where no static configuration meets the SLO within the budget (or the oracle "
+        "trains nothing) give no ratio. Limit ratio: over training alone in the time inference "
+        "leaves.",
         "",
         "| controller | median oracle ratio | worst oracle ratio | min SLO attainment "
-        "| median limit ratio | scenarios meeting SLO | scenarios with a ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| median limit ratio | scenarios meeting SLO | over budget | scenarios with a ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {fmt(s['median_oracle_ratio'], '.3f')} | {fmt(s['worst_oracle_ratio'], '.3f')} "
             f"| {fmt(s['min_slo_attainment'], '.3f')} | {fmt(s['median_limit_ratio'], '.3f')} "
-            f"| {s['scenarios_meeting_slo']}/{s['scenarios']} | {s['scenarios_with_ratio']} |"
+            f"| {s['scenarios_meeting_slo']}/{s['scenarios']} | {s['scenarios_over_budget']} "
+            f"| {s['scenarios_with_ratio']} |"
         )
     names = list(summary)
-    lines += ["", "Oracle ratio per scenario (`*`: missed the SLO):", ""]
+    lines += ["", "Oracle ratio per scenario (`*`: missed the SLO, `+`: over the power budget):", ""]
     lines += ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for sc in result["scenarios"]:
         rows = {r["controller"]: r for r in sc["rows"]}
         cells = []
         for name in names:
             r = rows.get(name)
-            cells.append(
-                "-" if r is None else fmt(r["oracle_ratio"], ".3f") + ("" if r["meets_slo"] else "*")
-            )
+            marks = "" if r is None or r["meets_slo"] else "*"
+            if r is not None and not within_budget(r, sc.get("power_budget_w")):
+                marks += "+"
+            cells.append("-" if r is None else fmt(r["oracle_ratio"], ".3f") + marks)
         lines.append(f"| {sc['index']}: {sc['description']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
