@@ -384,7 +384,8 @@ def run_bench(
     oracle_s = bench.oracle_run_duration_s or run_s
     primary = config.workloads.primary_inference()
     plans = [_Plan(name, name, controller_config(config, name), run_s) for name in names]
-    plans += [_Plan(name, name, data, run_s) for name, data in alone_configs(config)]
+    alone_rows = alone_configs(config)
+    plans += [_Plan(name, name, data, run_s) for name, data in alone_rows]
     grid = oracle_grid(config)
     plans += [
         _Plan(f"static ({label})", f"oracle-{i:02d}", data, oracle_s, label)
@@ -414,7 +415,7 @@ def run_bench(
     merged = {name: median_row(rows, target) for name, rows in runs.items()}
     oracle_rows = [merged[p.row] for p in plans if p.detail]
     rows = [merged[name] for name in names]
-    rows += [merged[name] for name, _ in alone_configs(config)]
+    rows += [merged[name] for name, _ in alone_rows]
     best = best_static(oracle_rows)
     if best is not None:
         rows.append(

@@ -1,20 +1,16 @@
-"""Turning the workers' stats messages into a controller's Observation, and the control period
-both the runtime and the simulator run on it. Pure functions."""
+"""Turning the workers' stats messages and a telemetry sample into a controller's Observation,
+as the runtime and the simulator both do every control period. Pure functions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
 
 import numpy as np
 
-from cotrain.control import Action, InferenceWindow, Knobs, Observation, TrainingWindow, VariantInfo
+from cotrain.control import InferenceWindow, Knobs, Observation, TrainingWindow, VariantInfo
 from cotrain.messages import InferenceStats, TrainingStats
 from cotrain.platform.base import TelemetrySample
-
-if TYPE_CHECKING:
-    from cotrain.controllers.base import Policy
 
 
 def _q(values: Sequence[float], q: float) -> float | None:
@@ -81,9 +77,15 @@ def build_observation(
     inference_stats: Sequence[InferenceStats] | None,
     slo_ms: float | None,
     training_stats: Mapping[str, Sequence[TrainingStats]],
-    cpu_util_percent: float | None,
+    sample: TelemetrySample,
     cpu_count: int,
+    power_budget_w: float | None,
+    variants: tuple[VariantInfo, ...] = (),
+    profile_ms: Mapping[tuple[str, int], float] | None = None,
+    inference_fresh: bool = True,
 ) -> Observation:
+    """The Observation of one control period, as the runtime and the simulator both build it:
+    the window's stats messages and a telemetry sample. The (wrapped) policy decides on it."""
     inference = None
     if inference_stats is not None and slo_ms is not None:
         inference = inference_window(inference_stats, window_s, slo_ms)
@@ -97,51 +99,14 @@ def build_observation(
         knobs=knobs,
         inference=inference,
         training=training,
-        cpu_util_percent=cpu_util_percent,
-        cpu_count=cpu_count,
-    )
-
-
-def control_tick(
-    policy: Policy,
-    state: Any,
-    *,
-    time_s: float,
-    window_s: float,
-    knobs: Knobs,
-    inference_stats: Sequence[InferenceStats] | None,
-    slo_ms: float | None,
-    training_stats: Mapping[str, Sequence[TrainingStats]],
-    sample: TelemetrySample,
-    cpu_count: int,
-    power_budget_w: float | None,
-    variants: tuple[VariantInfo, ...] = (),
-    profile_ms: Mapping[tuple[str, int], float] | None = None,
-    inference_fresh: bool = True,
-) -> tuple[Observation, Action, Any]:
-    """One control period, as the runtime and the simulator both run it: the window's stats
-    messages and a telemetry sample become the Observation, and the (wrapped) policy decides.
-    What the caller does with the action (actuate workers, set the engine's knobs) is its own."""
-    obs = build_observation(
-        time_s=time_s,
-        window_s=window_s,
-        knobs=knobs,
-        inference_stats=inference_stats,
-        slo_ms=slo_ms,
-        training_stats=training_stats,
         cpu_util_percent=sample.cpu_util_percent,
         cpu_count=cpu_count,
-    )
-    obs = replace(
-        obs,
         power_w=sample.power_w,
         power_budget_w=power_budget_w,
         temperature_c=sample.temperature_c,
         gpu_util_percent=sample.gpu_util_percent,
         power_mode=sample.power_mode,
         variants=variants,
-        profile_ms=obs.profile_ms if profile_ms is None else profile_ms,
         inference_fresh=inference_fresh,
+        profile_ms=MappingProxyType({}) if profile_ms is None else profile_ms,
     )
-    action, state = policy.decide(obs, state)
-    return obs, action, state

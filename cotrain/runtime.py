@@ -31,7 +31,7 @@ from cotrain.clock import NS_PER_S, Clock, MonotonicClock
 from cotrain.config import ExperimentConfig, FederatedConfig, dump_config
 from cotrain.control import Action, InferenceKnobs, InferenceWindow, Knobs, TrainingKnobs, VariantInfo
 from cotrain.controllers.base import Policy
-from cotrain.controllers.capabilities import Capabilities, assemble_policy, searchable_modes
+from cotrain.controllers.capabilities import Capabilities, assemble_policy
 from cotrain.controllers.modesearch import ModeInfo
 from cotrain.controllers.wrappers import KnobBounds, PowerModeRules
 from cotrain.gate import InterleavingGate
@@ -50,7 +50,7 @@ from cotrain.messages import (
     TrainingStats,
     WorkerFailed,
 )
-from cotrain.observe import control_tick, inference_window
+from cotrain.observe import build_observation, inference_window
 from cotrain.platform.base import Platform, PowerModeError, PowerModeInfo, TelemetrySample, by_capability
 from cotrain.records import KEEP_ENV, ROTATE_ENV, CsvAppender, JsonlAppender, rotated_away, write_json_atomic
 from cotrain.rundir import RunDir
@@ -167,11 +167,6 @@ def mode_infos(modes: Sequence[PowerModeInfo]) -> tuple[ModeInfo, ...]:
             return ()
         infos.append(ModeInfo(m.name, m.online_cores, m.cpu_mhz, m.gpu_mhz, m.emc_mhz))
     return tuple(infos)
-
-
-def adaptive_mode_table(modes: Sequence[PowerModeInfo], rules: PowerModeRules) -> tuple[ModeInfo, ...]:
-    """The modes `adaptive` may search, with their clocks, as the platform reports them."""
-    return searchable_modes(mode_infos(modes), rules)
 
 
 def power_rules_for(config: ExperimentConfig, platform: Platform) -> PowerModeRules:
@@ -556,9 +551,7 @@ class Runtime:
         now_s = self._elapsed_s()
         primary = self.config.workloads.primary_inference()
         inference = primary.config if primary is not None else None
-        obs, action, state = control_tick(
-            self.policy,
-            state,
+        obs = build_observation(
             time_s=now_s,
             window_s=window_s,
             knobs=self.knobs,
@@ -581,6 +574,7 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.tick(window_s, sample, obs.training, self.knobs, self.primary)
         self._maybe_write_summary()
+        action, state = self.policy.decide(obs, state)
         if not action.is_empty():
             self.actuate(action)
             if self.metrics is not None:

@@ -280,9 +280,10 @@ def test_adaptive_gets_the_switchable_modes_of_a_jetson_and_none_of_a_host(tmp_p
 
     from cotrain.config import parse_config
     from cotrain.controllers.adaptive import AdaptivePolicy
+    from cotrain.controllers.capabilities import searchable_modes
     from cotrain.platform.host import HostPlatform
     from cotrain.rundir import RunDir
-    from cotrain.runtime import Runtime, adaptive_mode_table, power_rules_for
+    from cotrain.runtime import Runtime, mode_infos, power_rules_for
     from tests.conftest import TINY
 
     data = yaml.safe_load(yaml.safe_dump(TINY))
@@ -291,7 +292,7 @@ def test_adaptive_gets_the_switchable_modes_of_a_jetson_and_none_of_a_host(tmp_p
     config = parse_config(data)
     platform = Device(tmp_path, mode_id=MAXN).platform()
     rules = power_rules_for(config, platform)
-    table = adaptive_mode_table(platform.power_modes(), rules)
+    table = searchable_modes(mode_infos(platform.power_modes()), rules)
     assert [m.name for m in table] == ["MAXN", "MODE_50W"], "15W and 30W need a reboot from MAXN"
     runtime = Runtime(config, RunDir(tmp_path / "run"), platform)
     inner = runtime.policy.policy.policy  # PowerModeGuard(Bounded(adaptive))
@@ -302,4 +303,4 @@ def test_adaptive_gets_the_switchable_modes_of_a_jetson_and_none_of_a_host(tmp_p
     host_data["controller"] = {"name": "adaptive"}
     host_config = parse_config(host_data)
     host = HostPlatform()
-    assert adaptive_mode_table(host.power_modes(), power_rules_for(host_config, host)) == ()
+    assert searchable_modes(mode_infos(host.power_modes()), power_rules_for(host_config, host)) == ()

@@ -305,14 +305,14 @@ class Engine:
                 job.duty_cycle = k.duty_cycle
         self._cpu_share = cpu_share(mode.cores, self._runnable())
         share = self._cpu_share
-        slower = mode != old_mode or share != old_share
-        if self._inf_busy and slower and self.inference is not None:
+        speed_changed = mode != old_mode or share != old_share
+        if self._inf_busy and speed_changed and self.inference is not None:
             n = len(self._inf_members)
             self._inf_dur = self.inference.speed.batch_s(n, mode, self.device.mix, share) * self._inf_noise
         for job in self.jobs:
-            if job.phase == _Phase.RUN and slower:
+            if job.phase == _Phase.RUN and speed_changed:
                 job.dur_s = job.speed.step_s(job.step_batch, mode, self.device.mix, share) * job.noise
-            if job.phase == _Phase.LOAD and slower:
+            if job.phase == _Phase.LOAD and speed_changed:
                 ratio = job.speed.load_s(1, mode, share) / job.speed.load_s(1, old_mode, old_share)
                 job.phase_end = self.t + (job.phase_end - self.t) * ratio
             self._set_loader(job)

@@ -16,16 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
-from cotrain.control import Action, Knobs, Observation
+from cotrain.control import Knobs, Observation
 from cotrain.controllers.base import Policy
 from cotrain.controllers.capabilities import wrap_policy
 from cotrain.controllers.wrappers import PowerModeRules
 from cotrain.messages import InferenceStats, TrainingStats
-from cotrain.observe import control_tick
+from cotrain.observe import build_observation
 from cotrain.platform.base import TelemetrySample
 from cotrain.sim.calibration import calibrate
 from cotrain.sim.engine import (
@@ -147,8 +146,11 @@ def build_engine(scenario: SimScenario, device: DeviceModel, knobs: Knobs | None
     )
 
 
-def _window_inputs(w: WindowStats, scenario: SimScenario, mode: SimMode, label: str) -> dict[str, Any]:
-    """The stats messages and telemetry sample the runtime would have for this window."""
+def _observation(
+    w: WindowStats, knobs: Knobs, scenario: SimScenario, mode: SimMode, label: str
+) -> Observation:
+    """The Observation the runtime would build from this window: the same stats messages the
+    workers send and a telemetry sample of the simulated board."""
     end_ns = round(w.end_s * 1e9)
     inference_stats = None
     if scenario.inference_model is not None:
@@ -189,36 +191,17 @@ def _window_inputs(w: WindowStats, scenario: SimScenario, mode: SimMode, label: 
         power_mode=label,
         source="sim",
     )
-    return {
-        "time_s": w.end_s,
-        "window_s": w.window_s,
-        "inference_stats": inference_stats,
-        "slo_ms": scenario.slo_ms if scenario.inference_model is not None else None,
-        "training_stats": training_stats,
-        "sample": sample,
-        "cpu_count": mode.cores,
-        "power_budget_w": scenario.power_budget_w,
-    }
-
-
-class _Observer:
-    """A policy that decides nothing: `control_tick` through it gives the Observation alone, for
-    windows where no decision is taken (the last one, and `sim_static`)."""
-
-    name = "observer"
-
-    def initial_state(self) -> None:
-        return None
-
-    def decide(self, obs: Observation, state: None) -> tuple[Action, None]:
-        return Action(), None
-
-
-def _observation(
-    w: WindowStats, knobs: Knobs, scenario: SimScenario, mode: SimMode, label: str
-) -> Observation:
-    obs, _, _ = control_tick(_Observer(), None, knobs=knobs, **_window_inputs(w, scenario, mode, label))
-    return obs
+    return build_observation(
+        time_s=w.end_s,
+        window_s=w.window_s,
+        knobs=knobs,
+        inference_stats=inference_stats,
+        slo_ms=scenario.slo_ms if scenario.inference_model is not None else None,
+        training_stats=training_stats,
+        sample=sample,
+        cpu_count=mode.cores,
+        power_budget_w=scenario.power_budget_w,
+    )
 
 
 def _row(obs: Observation, w: WindowStats) -> TraceRow:
@@ -324,12 +307,11 @@ def run_policy(
         engine.run_until(t)
         w = engine.take_window()
         windows.append(w)
-        if t >= scenario.duration_s - 1e-9:
-            trace.append(_row(_observation(w, knobs, scenario, mode, space.label(mode)), w))
-            break
-        inputs = _window_inputs(w, scenario, mode, space.label(mode))
-        obs, action, state = control_tick(bounded, state, knobs=knobs, **inputs)
+        obs = _observation(w, knobs, scenario, mode, space.label(mode))
         trace.append(_row(obs, w))
+        if t >= scenario.duration_s - 1e-9:
+            break
+        action, state = bounded.decide(obs, state)
         if action.is_empty():
             continue
         if action.power_mode is not None:
